@@ -1,0 +1,4 @@
+"""Drop-in modules: same constructor arguments and state_dict keys as their torch/torchvision namesakes."""
+from fastconv.nn.shuffle import ChannelShuffle
+
+__all__ = ["ChannelShuffle"]
