@@ -1,0 +1,178 @@
+"""One reusable checker for every fastconv op: a new op's tests only describe its sample inputs.
+
+For a sample and a (backend, device) pair, `OpHarness` checks
+  - forward against an independent float64 reference (values, dtype, shape, output layout),
+  - backward against the reference's gradients,
+  - torch.autograd.gradcheck (and gradgradcheck) in float64,
+  - torch.library.opcheck on the custom op the backend runs (schema, fake, autograd registration),
+  - torch.compile(fullgraph=True) of the public function, equal to eager.
+"""
+import dataclasses
+from typing import Callable, Optional
+
+import pytest
+import torch
+
+import fastconv
+from fastconv import _backend
+from tolerances import tolerance
+
+GPU = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if GPU else [])
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def runnable(op_name):
+    """(backend, device) pairs that can run `op_name` here, as pytest params with readable ids."""
+    entry = fastconv.ops.OPS[op_name]
+    return [
+        pytest.param(backend, device, id=f"{backend}-{device}")
+        for backend in entry.backends
+        for device in DEVICES
+        if _backend.why_not(backend, device) is None
+    ]
+
+
+def to_layout(tensor, layout):
+    """The same values in another memory layout: NCHW, channels_last (4-D only) or a non-contiguous view."""
+    if layout == "contiguous":
+        return tensor.contiguous()
+    if layout == "channels_last":
+        if tensor.dim() != 4:
+            pytest.skip("channels_last applies to 4-D tensors")
+        return tensor.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        # Every other element of a twice-as-wide buffer along the last dimension: not dense.
+        wide = torch.empty(*tensor.shape[:-1], 2 * tensor.shape[-1], dtype=tensor.dtype, device=tensor.device)
+        view = wide[..., ::2]
+        view.copy_(tensor)
+        return view
+    raise ValueError(layout)
+
+
+@dataclasses.dataclass
+class Sample:
+    """Positional arguments of an op. Floating tensors are cast to the dtype under test; `grad` lists the
+    positions of the differentiable tensors; `layout` applies to tensors of the positions in `layout_args`."""
+
+    args: tuple
+    name: str = ""
+    grad: tuple = (0,)
+    layout_args: tuple = (0,)
+
+    def materialize(self, device, dtype, layout="contiguous", requires_grad=False):
+        out = []
+        for position, arg in enumerate(self.args):
+            if isinstance(arg, torch.Tensor):
+                arg = arg.to(device=device, dtype=dtype if arg.is_floating_point() else arg.dtype)
+                if position in self.layout_args:
+                    arg = to_layout(arg, layout)
+                if requires_grad and position in self.grad:
+                    arg = arg.detach().requires_grad_(True)
+            out.append(arg)
+        return tuple(out)
+
+
+def _float64(args):
+    return tuple(
+        a.detach().double().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and a.is_floating_point()
+        else a
+        for a in args
+    )
+
+
+class OpHarness:
+    def __init__(
+        self,
+        name: str,
+        public: Callable,
+        reference64: Callable,
+        exact: bool = False,
+        interpreter_bf16: bool = False,
+    ):
+        """
+        name: the op's name in fastconv.ops.OPS.
+        public: the public function (follows the backend switch).
+        reference64: an independent implementation, run in float64 on the same device.
+        exact: results must be bit-identical (data movement).
+        interpreter_bf16: the Triton path is correct for bfloat16 under the interpreter (it moves bits
+            only); otherwise bf16 Triton cases are skipped on CPU, as the interpreter computes bf16 wrongly.
+        """
+        self.name = name
+        self.public = public
+        self.reference64 = reference64
+        self.exact = exact
+        self.interpreter_bf16 = interpreter_bf16
+
+    def _skip_unsupported(self, backend, device, dtype):
+        if backend == "triton" and device == "cpu" and dtype == torch.bfloat16 and not self.interpreter_bf16:
+            pytest.skip("the Triton interpreter computes bfloat16 wrongly; this path is tested on a GPU")
+
+    def run(self, backend, args):
+        with fastconv.backend(backend):
+            return self.public(*args)
+
+    def check_forward(self, sample: Sample, backend, device, dtype, layout="contiguous"):
+        self._skip_unsupported(backend, device, dtype)
+        args = sample.materialize(device, dtype, layout)
+        out = self.run(backend, args)
+        expected = self.reference64(*_float64(args))
+        assert out.dtype == dtype and out.device.type == device
+        assert out.shape == expected.shape
+        first = args[sample.layout_args[0]]
+        if backend != "reference" and first.dim() == 4:
+            assert out.stride() == torch.empty_like(first).stride(), "output must keep the input's memory format"
+        rtol, atol = tolerance(dtype, self.exact)
+        torch.testing.assert_close(out.double(), expected.double(), rtol=rtol, atol=atol)
+        return out
+
+    def check_backward(self, sample: Sample, backend, device, dtype, layout="contiguous"):
+        self._skip_unsupported(backend, device, dtype)
+        args = sample.materialize(device, dtype, layout, requires_grad=True)
+        out = self.run(backend, args)
+        grad_out = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [args[i] for i in sample.grad], grad_out)
+        args64 = _float64(args)
+        expected = torch.autograd.grad(self.reference64(*args64), [args64[i] for i in sample.grad], grad_out.double())
+        rtol, atol = tolerance(dtype, self.exact)
+        for position, got, want in zip(sample.grad, grads, expected):
+            assert got.dtype == dtype, f"grad of argument {position} has dtype {got.dtype}"
+            torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol, msg=lambda m: f"arg {position}: {m}")
+
+    def check_gradcheck(self, sample: Sample, backend, device, layout="contiguous"):
+        args = sample.materialize(device, torch.float64, layout, requires_grad=True)
+
+        def fn(*differentiable):
+            full = list(args)
+            for position, tensor in zip(sample.grad, differentiable):
+                full[position] = tensor
+            return self.run(backend, full)
+
+        inputs = tuple(args[i] for i in sample.grad)
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+    def custom_op(self, backend):
+        impl = fastconv.ops.OPS[self.name].implementations[backend]
+        if backend == "reference":
+            pytest.skip("the reference backend is plain ATen, not a custom op")
+        return impl
+
+    def check_opcheck(self, sample: Sample, backend, device, layout="contiguous"):
+        op = self.custom_op(backend)
+        args = sample.materialize(device, torch.float32, layout, requires_grad=True)
+        torch.library.opcheck(op, args)
+
+    def check_compile(self, sample: Sample, backend, device, layout="contiguous", dtype=torch.float32):
+        self._skip_unsupported(backend, device, dtype)
+        args = sample.materialize(device, dtype, layout)
+        torch._dynamo.reset()  # every test compiles afresh: no cache entries from other backends
+        with fastconv.backend(backend):
+            compiled = torch.compile(self.public, fullgraph=True)
+            got = compiled(*args)
+            want = self.public(*args)
+        if backend != "reference":  # inductor may pick another layout for plain ATen; our ops keep theirs
+            assert got.stride() == want.stride()
+        rtol, atol = tolerance(dtype, self.exact)
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
