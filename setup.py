@@ -93,7 +93,10 @@ def write_build_info(with_cuda, archs):
 def extension():
     with_cuda = want_cuda()
     sources = ["csrc/fastconv.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"]  # torch sets the C++ standard it needs (C++20 for 2.14)
+    # torch sets the C++ standard it needs (C++20 for 2.14). at::parallel_for is an inline OpenMP pragma:
+    # without -fopenmp it silently runs on one thread. libgomp.so.1 resolves to the one torch loaded.
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     define_macros = []
     include_dirs = [str(ROOT / "csrc"), str(ROOT / "csrc" / "include")]
     archs = None
@@ -109,6 +112,7 @@ def extension():
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -117,6 +121,7 @@ def extension():
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     write_build_info(with_cuda, archs)
     print(f"fastconv: building CUDA kernels: {with_cuda} (arch list {archs})", flush=True)

@@ -1,0 +1,100 @@
+"""Benchmark cases and timing shared by `python -m fastconv bench` and benches/ (pytest-benchmark).
+
+Shapes come from the real networks; timings are medians of repeated runs measured in the same process
+as the baseline they are compared with.
+"""
+import dataclasses
+from typing import Callable, List
+
+import torch
+
+import fastconv
+from fastconv import _backend
+
+# ShuffleNetV2 stage output channels (stages 2, 3, 4) per width multiplier (Ma et al. 2018, Table 5), at the
+# 28x28, 14x14, 7x7 resolutions of a 224x224 input. The shuffle runs on the concatenation of both branches.
+SHUFFLENET_V2_STAGES = {
+    "x0.5": (48, 96, 192),
+    "x1.0": (116, 232, 464),
+    "x1.5": (176, 352, 704),
+    "x2.0": (244, 488, 976),
+}
+SHUFFLENET_V2_RESOLUTIONS = (28, 14, 7)
+
+
+@dataclasses.dataclass
+class OpCase:
+    op: str
+    label: str
+    make_inputs: Callable[[], tuple]  # fresh inputs on the target device
+    bytes_moved: int  # minimum bytes a kernel must read + write
+
+
+def channel_shuffle_cases(device, dtype, memory_format, batches, multipliers) -> List[OpCase]:
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    for multiplier in multipliers:
+        for stage, (channels, size) in enumerate(zip(SHUFFLENET_V2_STAGES[multiplier], SHUFFLENET_V2_RESOLUTIONS)):
+            for batch in batches:
+                shape = (batch, channels, size, size)
+
+                def make(shape=shape):
+                    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+                    return (x, 2)
+
+                numel = batch * channels * size * size
+                label = f"shufflenet_v2_{multiplier} stage{stage + 2} {list(shape)}"
+                cases.append(OpCase("channel_shuffle", label, make, 2 * numel * element))
+    return cases
+
+
+def median_seconds(fn, device_type, min_run_time=0.2):
+    """Median wall time of fn(): torch.utils.benchmark on the CPU, triton's do_bench (CUDA events) on a GPU."""
+    if device_type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def fastconv_backends(op, device_type):
+    """The fastconv backends (not the reference) that can run `op` on this device type, for timing.
+    Triton on CPU tensors is the interpreter: a correctness tool, never timed."""
+    names = _backend.available(fastconv.ops.OPS[op].backends, device_type)
+    return [b for b in names if b != "reference" and not (b == "triton" and device_type == "cpu")]
+
+
+def run_case(case: OpCase, device_type, public: Callable, reference: Callable, compile_reference=True):
+    """Time the reference (eager), torch.compile of the reference, and each fastconv backend on one case.
+
+    Returns rows: dict(variant, seconds, speedup, gbps, max_abs_err).
+    """
+    args = case.make_inputs()
+    with fastconv.backend("reference"):
+        expected = reference(*args)
+    variants = {"reference (ATen)": lambda: reference(*args)}
+    if compile_reference:
+        torch._dynamo.reset()  # one specialised graph per case; stay under dynamo's recompile limit
+        compiled = torch.compile(reference, fullgraph=True, dynamic=False)
+        variants["torch.compile(reference)"] = lambda: compiled(*args)
+    for name in fastconv_backends(case.op, device_type):
+        def run(name=name):
+            with fastconv.backend(name):
+                return public(*args)
+
+        variants[f"fastconv {name}"] = run
+    rows = []
+    baseline = None
+    for variant, fn in variants.items():
+        out = fn()  # warm-up and correctness
+        error = (out.double() - expected.double()).abs().max().item() if out.numel() else 0.0
+        seconds = median_seconds(fn, device_type)
+        baseline = baseline or seconds
+        rows.append(dict(
+            op=case.op, case=case.label, variant=variant, seconds=seconds, speedup=baseline / seconds,
+            gbps=case.bytes_moved / seconds / 1e9, max_abs_err=error,
+        ))
+    return rows
