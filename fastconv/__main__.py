@@ -66,7 +66,6 @@ def _bench(args):
     print(f"fastconv bench on {device_type} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
     for dtype, memory_format in configs:
-        fmt = "channels_last" if memory_format == torch.channels_last else "NCHW"
         cases = _bench.channel_shuffle_cases(device, dtype, memory_format, batches, multipliers)
         for case in cases:
             case_rows = _bench.run_case(
@@ -74,8 +73,7 @@ def _bench(args):
                 compile_reference=not args.no_compile,
             )
             for row in case_rows:
-                row.update(dtype=str(dtype).replace("torch.", ""), layout=fmt)
-                print(f"  {row['case']:<44} {row['dtype']:<8} {fmt:<13} {row['variant']:<26} "
+                print(f"  {row['case']:<66} {row['variant']:<26} "
                       f"{row['seconds'] * 1e6:10.1f} us  x{row['speedup']:5.2f}  {row['gbps']:7.1f} GB/s  "
                       f"err {row['max_abs_err']:.1e}", flush=True)
             rows.extend(case_rows)

@@ -22,6 +22,14 @@ SHUFFLENET_V2_STAGES = {
 SHUFFLENET_V2_RESOLUTIONS = (28, 14, 7)
 
 
+def dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def layout_name(memory_format):
+    return "channels_last" if memory_format == torch.channels_last else "NCHW"
+
+
 @dataclasses.dataclass
 class OpCase:
     op: str
@@ -43,7 +51,7 @@ def channel_shuffle_cases(device, dtype, memory_format, batches, multipliers) ->
                     return (x, 2)
 
                 numel = batch * channels * size * size
-                label = f"shufflenet_v2_{multiplier} stage{stage + 2} {list(shape)}"
+                label = f"shufflenet_v2_{multiplier} stage{stage + 2} {list(shape)} {layout_name(memory_format)} {dtype_name(dtype)}"
                 cases.append(OpCase("channel_shuffle", label, make, 2 * numel * element))
     return cases
 
