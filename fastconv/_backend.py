@@ -26,13 +26,13 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
 
 
-def _validate(name):
+def _validate(name, source="backend"):
     if name not in BACKENDS:
-        raise ValueError(f"fastconv: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+        raise ValueError(f"fastconv: unknown {source} {name!r}; expected one of {', '.join(BACKENDS)}")
     return name
 
 
-_current = _validate(os.environ.get("FASTCONV_BACKEND", "auto"))
+_current = _validate(os.environ.get("FASTCONV_BACKEND", "auto"), source="FASTCONV_BACKEND")
 
 
 def set_backend(name: str) -> None:

@@ -1,0 +1,110 @@
+"""The package contract: import safety, the backend switch, the op table and the CLI."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastconv
+from fastconv import _backend
+from fastconv.ops._registry import register_op
+
+ROOT = pathlib.Path(fastconv.__file__).resolve().parent.parent
+
+
+def python(code, env=None, cwd=ROOT):
+    environment = {k: v for k, v in os.environ.items() if k not in ("FASTCONV_BACKEND", "TRITON_INTERPRET")}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment, capture_output=True, text=True)
+
+
+# An editable install's import hook resolves submodules missing from a shadowing copy (like _C) to the
+# source tree; the copies below must stand alone, so the hook is removed first.
+WITHOUT_EDITABLE_HOOK = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n"
+)
+
+
+def copy_package(tmp_path, with_binary):
+    """A copy of the fastconv sources; the compiled extension only if asked."""
+    target = tmp_path / "fastconv"
+    shutil.copytree(ROOT / "fastconv", target, ignore=shutil.ignore_patterns("_C*.so", "__pycache__"))
+    if with_binary:
+        for library in (ROOT / "fastconv").glob("_C*.so"):
+            shutil.copy(library, target / library.name)
+    return target
+
+
+def test_missing_extension_raises_clear_import_error(tmp_path):
+    package = copy_package(tmp_path, with_binary=False)
+    (package / "_build_info.py").unlink(missing_ok=True)
+    result = python(WITHOUT_EDITABLE_HOOK + "import fastconv", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "ImportError: fastconv: the compiled extension fastconv._C is not usable" in result.stderr
+    assert "pip install --no-build-isolation -e ." in result.stderr
+
+
+def test_extension_built_for_another_torch_is_not_loaded(tmp_path):
+    package = copy_package(tmp_path, with_binary=True)
+    record = (package / "_build_info.py").read_text()
+    (package / "_build_info.py").write_text(record.replace(torch.__version__, "1.0.0"))
+    result = python(WITHOUT_EDITABLE_HOOK + "import fastconv", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"built against torch 1.0.0, running torch {torch.__version__}" in result.stderr
+
+
+def test_backend_switch_and_context():
+    assert fastconv.get_backend() == "auto"
+    fastconv.set_backend("reference")
+    assert fastconv.get_backend() == "reference"
+    with fastconv.backend("cpu"):
+        assert fastconv.get_backend() == "cpu"
+    assert fastconv.get_backend() == "reference"
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        fastconv.set_backend("cudnn")
+
+
+def test_backend_from_environment():
+    result = python("import fastconv; print(fastconv.get_backend())", env={"FASTCONV_BACKEND": "reference"})
+    assert result.stdout.strip() == "reference", result.stderr
+    result = python("import fastconv", env={"FASTCONV_BACKEND": "fast"})
+    assert "unknown FASTCONV_BACKEND 'fast'" in result.stderr
+
+
+def test_auto_picks_a_kernel_that_runs():
+    x = torch.randn(2, 4, 3, 3)
+    assert fastconv.ops.OPS["channel_shuffle"].select("cpu") is torch.ops.fastconv.channel_shuffle
+    with fastconv.backend("auto"):
+        fastconv.ops.channel_shuffle(x, 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without a GPU")
+def test_backend_that_cannot_run_raises():
+    x = torch.randn(2, 4, 3, 3)
+    with fastconv.backend("cuda"), pytest.raises(RuntimeError, match="the cuda backend runs on cuda tensors"):
+        fastconv.ops.channel_shuffle(x, 2)
+    # Triton on CPU tensors only under the interpreter, chosen before import
+    result = python(
+        "import torch, fastconv\nwith fastconv.backend('triton'):\n"
+        "    fastconv.ops.channel_shuffle(torch.randn(2, 4, 3, 3), 2)"
+    )
+    assert "TRITON_INTERPRET=1" in result.stderr and "RuntimeError" in result.stderr
+
+
+def test_registering_an_op_twice_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_op("channel_shuffle", reference=lambda x: x)
+
+
+def test_cli_info_tells_what_was_built():
+    result = subprocess.run(
+        [sys.executable, "-m", "fastconv", "info"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    binary = fastconv.BUILD_INFO["binary"]
+    assert f"_C built against torch {binary['torch_version']}" in result.stdout
+    assert ("CUDA kernels compiled: yes, for sm_" in result.stdout) == binary["with_cuda"]
+    assert "channel_shuffle" in result.stdout
+    assert _backend.CUDA_KERNELS_BUILT == binary["with_cuda"]
