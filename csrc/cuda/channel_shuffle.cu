@@ -39,11 +39,13 @@ void launch(const at::Tensor& in, at::Tensor& out, const ShuffleGeometry& g) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto* src = static_cast<const Unit<kBytes>*>(in.const_data_ptr());
   auto* dst = static_cast<Unit<kBytes>*>(out.mutable_data_ptr());
-  if (fits_int32(total)) {
-    shuffle_kernel<kBytes, int32_t><<<grid_stride_blocks(total, threads), threads, 0, stream>>>(
+  const unsigned int blocks = grid_stride_blocks(total, threads);
+  // The grid-stride index runs up to total + blocks * threads: that must fit too, or it would wrap.
+  if (fits_int32(total + int64_t{blocks} * threads)) {
+    shuffle_kernel<kBytes, int32_t><<<blocks, threads, 0, stream>>>(
         src, dst, total, units_per_row, g.channels, g.groups, g.per_group);
   } else {
-    shuffle_kernel<kBytes, int64_t><<<grid_stride_blocks(total, threads), threads, 0, stream>>>(
+    shuffle_kernel<kBytes, int64_t><<<blocks, threads, 0, stream>>>(
         src, dst, total, units_per_row, g.channels, g.groups, g.per_group);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
