@@ -108,3 +108,4 @@ def test_cli_info_tells_what_was_built():
     assert ("CUDA kernels compiled: yes, for sm_" in result.stdout) == binary["with_cuda"]
     assert "channel_shuffle" in result.stdout
     assert _backend.CUDA_KERNELS_BUILT == binary["with_cuda"]
+    assert fastconv.BUILD_INFO["with_cuda"] == binary["with_cuda"], "the build record disagrees with the binary"
