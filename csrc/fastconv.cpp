@@ -3,7 +3,11 @@
 // (TORCH_LIBRARY_IMPL); fake kernels and autograd are registered from Python beside each wrapper.
 #include <Python.h>
 
-#include <torch/headeronly/version.h>
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>  // torch >= 2.9
+#else
+#include <torch/version.h>
+#endif
 #include <torch/library.h>
 
 #include <string>
