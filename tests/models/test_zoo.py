@@ -1,0 +1,116 @@
+"""Registry-driven model tests: every registered fastconv model is checked against its reference because it
+is registered. The reference is torchvision's builder of the same name (REFERENCE_NAMES maps aliases)."""
+import pytest
+import torch
+import torchvision
+
+import fastconv
+from fastconv import models
+from tolerances import TOLERANCES
+
+REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
+# Small inputs keep the file fast on 2 cores; every listed net reduces 64 px to at least 2x2 before pooling.
+RESOLUTION = 64
+NAMES = models.list_models()
+
+
+def pair(name, **kwargs):
+    """(fastconv model, torchvision model) with the torchvision weights loaded into ours, strict."""
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(REFERENCE_NAMES.get(name, name), **kwargs)
+    ours = models.get_model(name, **kwargs)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours, reference
+
+
+def randomize_batch_norm(model):
+    """Non-trivial running statistics and affine parameters, so eval-mode BN is not the identity."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_keys_equal_reference(name):
+    ours, reference = pair(name)
+    assert list(ours.state_dict().keys()) == list(reference.state_dict().keys())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_output_equals_reference(name):
+    ours, reference = pair(name)
+    randomize_batch_norm(reference)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION)
+    with torch.no_grad():
+        rtol, atol = TOLERANCES[torch.float32]
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_step_equals_reference(name):
+    ours, reference = pair(name)
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION)
+    out, expected = ours.train()(x), reference.train()(x)
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
+    out.square().mean().backward()
+    expected.square().mean().backward()
+    for (key, p), q in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=atol, msg=lambda m: f"grad of {key}: {m}")
+    for (key, a), b in zip(ours.named_buffers(), reference.buffers()):  # BN running statistics
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"buffer {key}: {m}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_num_classes_and_channels_last(name):
+    ours, reference = pair(name, num_classes=10)
+    x = torch.randn(1, 3, RESOLUTION, RESOLUTION).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = ours.eval()(x)
+        rtol, atol = TOLERANCES[torch.float32]
+        torch.testing.assert_close(out, reference.eval()(x), rtol=rtol, atol=atol)
+    assert out.shape == (1, 10)
+
+
+def test_reference_backend_runs_plain_aten():
+    model = models.shufflenet_v2_x0_5().eval()
+    x = torch.randn(1, 3, RESOLUTION, RESOLUTION)
+    with torch.no_grad(), fastconv.backend("reference"):
+        expected = model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_weights_from_a_local_file_and_num_classes_check(tmp_path):
+    reference = torchvision.models.shufflenet_v2_x0_5(num_classes=7)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(reference.state_dict(), path)
+    ours = models.shufflenet_v2_x0_5(weights=str(path), num_classes=7)
+    for a, b in zip(ours.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+    weights = torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1
+    with pytest.raises(ValueError, match="'num_classes' expected value 1000 but got 7"):
+        models.shufflenet_v2_x0_5(weights=weights, num_classes=7)
+
+
+def test_registry():
+    assert "shufflenet_v2" in models.list_models()
+    assert isinstance(models.get_model("shufflenet_v2"), models.ShuffleNetV2)
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model(models.shufflenet_v2_x1_0)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get_model("resnet9000")
+
+
+def test_compile_fullgraph_shufflenet_v2():
+    model = models.shufflenet_v2_x0_5().eval()
+    x = torch.randn(1, 3, RESOLUTION, RESOLUTION)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True)
+        rtol, atol = TOLERANCES[torch.float32]
+        torch.testing.assert_close(compiled(x), model(x), rtol=rtol, atol=atol)
