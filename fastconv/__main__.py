@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import pathlib
 import platform
 import sys
 
@@ -44,43 +45,141 @@ def _info(args):
         report["ops"][name] = {"implemented": list(entry.backends), "runnable": runnable}
         per_device = "; ".join(f"{d}: {', '.join(b) or '-'}" for d, b in runnable.items())
         lines.append(f"  {name:<20} implemented: {', '.join(entry.backends):<30} runnable -> {per_device}")
+    lines.append(f"models: {len(fastconv.models.list_models())} registered ({', '.join(fastconv.models.list_models())})")
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print("\n".join(lines))
 
 
-def _bench(args):
+def _op_suite(device, quick):
+    """{op name: (cases, public fn, reference fn)} for the bench; shapes from the real networks."""
     import fastconv
     from fastconv import _bench
+    from fastconv.ops import _reference
 
-    device_type = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    device = torch.device(device_type)
-    if device_type == "cpu":
+    if quick:
         batches, multipliers = (1, 32), ("x1.0",)
         configs = [(torch.float32, torch.contiguous_format), (torch.float32, torch.channels_last)]
     else:
         batches, multipliers = (1, 32, 256), tuple(_bench.SHUFFLENET_V2_STAGES)
-        configs = [(torch.float32, torch.contiguous_format), (torch.float16, torch.channels_last)]
-    name = torch.cuda.get_device_name() if device_type == "cuda" else platform.processor() or "cpu"
-    print(f"fastconv bench on {device_type} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+        configs = [(torch.float32, torch.contiguous_format), (torch.float16, torch.channels_last),
+                   (torch.bfloat16, torch.channels_last)]
+    shuffle_cases = [c for dtype, fmt in configs
+                     for c in _bench.channel_shuffle_cases(device, dtype, fmt, batches, multipliers)]
+    return {
+        "channel_shuffle": (shuffle_cases, fastconv.ops.channel_shuffle, _reference.channel_shuffle),
+    }
+
+
+def _plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    variants = [v for v in dict.fromkeys(r["variant"] for r in rows)]
+    height = 0.8 / max(len(variants), 1)
+    fig, ax = plt.subplots(figsize=(11, 0.22 * len(cases) * max(len(variants), 2) / 2 + 1.5))
+    for i, variant in enumerate(variants):
+        ys = [cases.index(r["case"]) + i * height for r in rows if r["variant"] == variant]
+        xs = [r["speedup"] for r in rows if r["variant"] == variant]
+        ax.barh(ys, xs, height=height, label=variant)
+    ax.set_xscale("log", base=2)  # ratios: 2x faster and 2x slower are the same distance from 1
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(cases))])
+    ax.set_yticklabels(cases, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up over the reference measured in the same run (log scale; right of 1 is faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bench(args):
+    import fastconv
+    from fastconv import _bench, _bench_models, _roofline
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped or logged: don't wrap the table at 80 columns
+        console = Console(width=170)
+    device_type = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    device = torch.device(device_type)
+    quick = device_type == "cpu" if args.quick is None else args.quick
+    name = torch.cuda.get_device_name() if device_type == "cuda" else (platform.processor() or "cpu")
+    title = f"fastconv bench on {device_type} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    console.print(title)
+    copy_gbps = _roofline.copy_bandwidth_gbps(device, megabytes=256 if device_type == "cpu" else 1024)
+    console.print(f"measured copy bandwidth: {copy_gbps:.0f} GB/s (read + write)")
+
+    suite = _op_suite(device, quick)
+    ops = list(suite) if args.ops in (None, "all") else [o for o in args.ops.split(",") if o]
+    unknown = [o for o in ops if o not in suite]
+    if unknown:
+        sys.exit(f"unknown --ops {unknown}; available: {', '.join(suite)}")
+    models = _bench_models.HEADLINE_MODELS if args.models is None else tuple(m for m in args.models.split(",") if m)
+    registered = set(fastconv.models.list_models())
+    skipped_models = [m for m in models if m not in registered]
+    models = [m for m in models if m in registered]
+    model_configs = ([(1, torch.float32, torch.contiguous_format)] if device_type == "cpu" else
+                     [(1, torch.float16, torch.channels_last), (256, torch.float16, torch.channels_last)])
+
     rows = []
-    for dtype, memory_format in configs:
-        cases = _bench.channel_shuffle_cases(device, dtype, memory_format, batches, multipliers)
-        for case in cases:
-            case_rows = _bench.run_case(
-                case, device_type, fastconv.ops.channel_shuffle, fastconv.ops._reference.channel_shuffle,
-                compile_reference=not args.no_compile,
-            )
-            for row in case_rows:
-                print(f"  {row['case']:<66} {row['variant']:<26} "
-                      f"{row['seconds'] * 1e6:10.1f} us  x{row['speedup']:5.2f}  {row['gbps']:7.1f} GB/s  "
-                      f"err {row['max_abs_err']:.1e}", flush=True)
+    jobs = [("op", op, case) for op in ops for case in suite[op][0]]
+    jobs += [("model", m, config) for m in models for config in model_configs]
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(jobs))
+        for kind, what, item in jobs:
+            progress.update(task, description=f"{what}")
+            if kind == "op":
+                _, public, reference = suite[what]
+                case_rows = _bench.run_case(item, device_type, public, reference, compile_reference=not args.no_compile)
+                for row in case_rows:
+                    row["kind"] = "op"
+                    row["roofline"] = row["gbps"] / copy_gbps
+            else:
+                batch, dtype, fmt = item
+                case_rows = _bench_models.run_model_case(what, batch, device, dtype, fmt,
+                                                         compile_reference=not args.no_compile)
             rows.extend(case_rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=2)
-        print(f"wrote {args.json}")
+            progress.advance(task)
+
+    table = Table(title=title, show_lines=False)
+    for column in ("case", "variant", "median", "vs ref", "GB/s", "% copy BW", "max |err|"):
+        table.add_column(column, justify="left" if column in ("case", "variant") else "right")
+    previous = None
+    for row in rows:
+        case = row["case"] if row["case"] != previous else ""
+        previous = row["case"]
+        ratio = f"{row['speedup']:.2f}x"
+        table.add_row(
+            case, row["variant"], f"{row['seconds'] * 1e6:,.1f} us",
+            f"[green]{ratio}[/]" if row["speedup"] >= 1.0 else f"[red]{ratio}[/]",
+            f"{row['gbps']:.1f}" if row.get("gbps") else "",
+            f"{100 * row['roofline']:.0f}%" if row.get("roofline") else "",
+            f"{row['max_abs_err']:.1e}",
+        )
+    console.print(table)
+    console.print("% copy BW: achieved bytes/s over the measured device copy bandwidth; above 100% the data "
+                  "fits in a cache.")
+    if skipped_models:
+        console.print(f"not registered yet, skipped: {', '.join(skipped_models)}")
+
+    out_dir = pathlib.Path("bench-results")
+    json_path = pathlib.Path(args.json) if args.json else out_dir / f"bench-{device_type}.json"
+    plot_path = pathlib.Path(args.plot) if args.plot else out_dir / f"bench-{device_type}.png"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"device": name, "torch": torch.__version__, "copy_gbps": copy_gbps,
+                                     "rows": rows}, indent=2))
+    _plot(rows, plot_path, title)
+    console.print(f"wrote {json_path} and {plot_path}")
 
 
 def main(argv=None):
@@ -90,9 +189,14 @@ def main(argv=None):
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="fastconv vs reference vs torch.compile on this device")
-    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bench.add_argument("--ops", help="comma-separated ops to bench, 'all' (default) or '' for none")
+    bench.add_argument("--models", help="comma-separated models (default: the headline models), '' for none")
+    bench.add_argument("--json", metavar="PATH", help="rows as JSON (default bench-results/bench-<device>.json)")
+    bench.add_argument("--plot", metavar="PATH", help="speed-up chart (default bench-results/bench-<device>.png)")
     bench.add_argument("--cpu", action="store_true", help="bench the CPU even when a GPU is present")
-    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    bench.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
+                       help="fewer shapes (default on the CPU)")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     args.run(args)

@@ -1,4 +1,5 @@
 """The package contract: import safety, the backend switch, the op table and the CLI."""
+import json
 import os
 import pathlib
 import shutil
@@ -109,3 +110,18 @@ def test_cli_info_tells_what_was_built():
     assert "channel_shuffle" in result.stdout
     assert _backend.CUDA_KERNELS_BUILT == binary["with_cuda"]
     assert fastconv.BUILD_INFO["with_cuda"] == binary["with_cuda"], "the build record disagrees with the binary"
+
+
+def test_cli_bench_writes_table_json_and_plot(tmp_path):
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "fastconv", "bench", "--cpu", "--ops", "channel_shuffle", "--models", "",
+         "--no-compile", "--json", str(json_path), "--plot", str(plot_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fastconv cpu" in result.stdout and "reference (ATen)" in result.stdout
+    rows = json.loads(json_path.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"reference (ATen)", "fastconv cpu"}
+    assert all(r["max_abs_err"] == 0 for r in rows)  # a permutation: exact
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

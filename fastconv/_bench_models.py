@@ -1,0 +1,50 @@
+"""Model benchmarks: a fastconv model vs the same network from torchvision, eager and torch.compile'd.
+
+Both models hold the same weights (torchvision's random init loaded into ours, strict), so the outputs are
+compared as well as the times.
+"""
+import torch
+
+import fastconv
+from fastconv._bench import median_seconds
+
+HEADLINE_MODELS = ("shufflenet_v2_x1_0", "mobilenet_v2", "resnet50")
+REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
+
+
+def reference_model(name, **kwargs):
+    import torchvision
+
+    return torchvision.models.get_model(REFERENCE_NAMES.get(name, name), **kwargs)
+
+
+def model_pair(name, device, dtype, memory_format):
+    reference = reference_model(name).eval()
+    ours = fastconv.models.get_model(name).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return [m.to(device=device, dtype=dtype, memory_format=memory_format) for m in (ours, reference)]
+
+
+def run_model_case(name, batch, device, dtype, memory_format, resolution=224, compile_reference=True):
+    """Inference rows for one model: torchvision eager (baseline), torch.compile(torchvision), fastconv."""
+    device_type = torch.device(device).type
+    ours, reference = model_pair(name, device, dtype, memory_format)
+    x = torch.randn(batch, 3, resolution, resolution, device=device, dtype=dtype).contiguous(
+        memory_format=memory_format)
+    variants = {"torchvision eager": reference}
+    if compile_reference:
+        torch._dynamo.reset()
+        variants["torch.compile(torchvision)"] = torch.compile(reference, dynamic=False)
+    variants["fastconv"] = ours
+    label = (f"{name} batch {batch} {str(dtype).replace('torch.', '')} "
+             f"{'channels_last' if memory_format == torch.channels_last else 'NCHW'}")
+    rows, baseline = [], None
+    with torch.inference_mode():
+        expected = reference(x).double()
+        for variant, model in variants.items():
+            out = model(x)  # warm-up (and compilation) outside the timing
+            seconds = median_seconds(lambda: model(x), device_type, min_run_time=0.5)
+            baseline = baseline or seconds
+            rows.append(dict(kind="model", case=label, variant=variant, seconds=seconds, speedup=baseline / seconds,
+                             gbps=None, max_abs_err=(out.double() - expected).abs().max().item()))
+    return rows
