@@ -1,0 +1,122 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fastconv
+from fastconv.nn import Conv2dNormActivation, fold_bn
+from tolerances import TOLERANCES
+
+RTOL, ATOL = TOLERANCES[torch.float32]
+
+CONFIGS = {
+    "3x3": dict(in_channels=8, out_channels=16),
+    "3x3-s2-relu6": dict(in_channels=8, out_channels=16, stride=2, activation_layer=nn.ReLU6),
+    "depthwise-relu6": dict(in_channels=12, out_channels=12, groups=12, activation_layer=nn.ReLU6),
+    "1x1-linear": dict(in_channels=8, out_channels=24, kernel_size=1, activation_layer=None),
+    "1x1-hardswish": dict(in_channels=8, out_channels=24, kernel_size=1, activation_layer=nn.Hardswish),
+    "5x5-dilated-silu": dict(in_channels=8, out_channels=8, kernel_size=5, dilation=2, activation_layer=nn.SiLU),
+    "unfusable-sigmoid": dict(in_channels=8, out_channels=8, activation_layer=nn.Sigmoid, inplace=None),
+    "no-norm": dict(in_channels=8, out_channels=8, norm_layer=None),
+}
+
+
+def randomize(module):
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+
+
+def pair(config):
+    torch.manual_seed(0)
+    reference = torchvision.ops.misc.Conv2dNormActivation(**CONFIGS[config])
+    randomize(reference)
+    ours = Conv2dNormActivation(**CONFIGS[config])
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours, reference
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_eval_equals_torchvision(config):
+    ours, reference = pair(config)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    x = torch.randn(2, ours[0].in_channels, 11, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=RTOL, atol=ATOL)
+        x_cl = x.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours(x_cl), reference(x_cl), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("config", ["3x3", "depthwise-relu6"])
+def test_train_steps_equal_torchvision(config):
+    ours, reference = pair(config)
+    ours.train(), reference.train()
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(3):
+        x = torch.randn(4, ours[0].in_channels, 7, 7)
+        for model, opt in ((ours, opt_ours), (reference, opt_ref)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for (key, a), b in zip(ours.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m: f"{key}: {m}")
+
+
+def test_folded_cache_follows_parameter_changes():
+    ours, reference = pair("3x3")
+    ours.eval(), reference.eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        ours(x)  # fills the cache
+        reference[1].running_var.mul_(3)  # a buffer changes (load_state_dict copies in place)
+        ours.load_state_dict(reference.state_dict())
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+        for model in (ours, reference):
+            model[0].weight.add_(0.5)  # an optimizer-like in-place update
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+        ours.double(), reference.double()
+        torch.testing.assert_close(ours(x.double()), reference(x.double()))
+
+
+def test_eval_with_gradients_flows_to_parameters():
+    ours, reference = pair("3x3-s2-relu6")
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 8, 9, 9)
+    ours(x).sum().backward()
+    reference(x).sum().backward()
+    for (key, p), q in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=RTOL, atol=ATOL, msg=lambda m: f"grad {key}: {m}")
+
+
+def test_fold_bn_float64():
+    conv = nn.Conv2d(3, 5, 3, bias=True).double()
+    bn = nn.BatchNorm2d(5).double()
+    randomize(bn)
+    bn.eval()
+    weight, bias = fold_bn(conv, bn)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(torch.nn.functional.conv2d(x, weight, bias), bn(conv(x)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="must equal conv.out_channels"):
+        fold_bn(nn.Conv2d(3, 4, 1), bn)
+
+
+def test_compile_fullgraph_eval():
+    ours, _ = pair("depthwise-relu6")
+    ours.eval()
+    x = torch.randn(1, 12, 8, 8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = ours(x)
+        torch.testing.assert_close(torch.compile(ours, fullgraph=True)(x), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_reference_backend_matches():
+    ours, reference = pair("1x1-hardswish")
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad(), fastconv.backend("reference"):
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=RTOL, atol=ATOL)
