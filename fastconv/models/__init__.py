@@ -1,6 +1,7 @@
 """fastconv.models: drop-in builders with torchvision's names, arguments and state_dict keys."""
-from fastconv.models import shufflenetv2  # noqa: F401  (registers its builders)
+from fastconv.models import mobilenetv2, shufflenetv2  # noqa: F401  (register their builders)
 from fastconv.models._registry import get_model, list_models, register_model
+from fastconv.models.mobilenetv2 import MobileNetV2, mobilenet_v2  # noqa: F401
 from fastconv.models.shufflenetv2 import (  # noqa: F401
     ShuffleNetV2,
     shufflenet_v2,
@@ -11,6 +12,6 @@ from fastconv.models.shufflenetv2 import (  # noqa: F401
 )
 
 __all__ = [
-    "ShuffleNetV2", "get_model", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
+    "MobileNetV2", "ShuffleNetV2", "get_model", "mobilenet_v2", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
 ]

@@ -47,54 +47,68 @@ def conv2d_activation(x, weight, bias, stride, padding, dilation, groups, activa
     return out if activation is None else _APPLY[activation](out)
 
 
+class FoldedConvBN:
+    """The folded (weight, bias) of a conv + eval-mode BN pair, cached.
+
+    Recomputed whenever a parameter or buffer changes (load_state_dict, an optimizer step, ``.to()``:
+    anything that bumps a tensor's version, storage, dtype or device). When gradients flow to the
+    parameters, or under torch.compile, it folds afresh (differentiable, traceable) instead. Not a Module,
+    so holding one adds nothing to a state_dict.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def __call__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+        tensors = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                   if t is not None]
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if needs_grad or torch.compiler.is_compiling():
+            return fold_bn(conv, bn)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (bn.eps,)
+        if key != self._key:
+            with torch.no_grad():
+                self._value = fold_bn(conv, bn)
+            self._key = key
+        return self._value
+
+
+def can_fold(conv: nn.Module, bn: Optional[nn.Module]) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(bn, nn.BatchNorm2d)
+        and not bn.training and bn.track_running_stats and bn.running_mean is not None
+    )
+
+
+def conv_bn_act(x, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: Optional[str], fold: FoldedConvBN):
+    """act(bn(conv(x))): one fused convolution in eval (BN folded), the three layers in training."""
+    if not can_fold(conv, bn):
+        out = bn(conv(x))
+        return out if activation is None else _APPLY[activation](out)
+    weight, bias = fold(conv, bn)
+    return conv2d_activation(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, activation)
+
+
 class Conv2dNormActivation(torchvision.ops.misc.Conv2dNormActivation):
     """Drop-in for ``torchvision.ops.misc.Conv2dNormActivation`` (same arguments, an ``nn.Sequential`` with
     the same state_dict keys), fused in forward.
 
-    In eval with a BatchNorm2d, the BN is folded into the convolution and the activation applied in the
-    same epilogue. The folded parameters are cached and recomputed whenever a parameter or buffer changes
-    (load_state_dict, an optimizer step, ``.to()``: anything that bumps a tensor's version, storage, dtype
-    or device); when gradients flow to the parameters they are folded afresh, differentiably. In training,
-    the layers run in sequence (BN uses batch statistics and updates its running statistics).
+    In eval with a BatchNorm2d, the BN is folded into the convolution (see FoldedConvBN for the cache) and
+    the activation applied in the same epilogue. In training, the layers run in sequence (BN uses batch
+    statistics and updates its running statistics).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._folded = None
-        self._folded_key = None
-
-    def _parts(self):
-        conv = self[0]
-        norm = self[1] if len(self) > 1 and isinstance(self[1], nn.BatchNorm2d) else None
+        self._fold = FoldedConvBN()
         last = self[-1]
-        activation = FUSABLE_ACTIVATIONS.get(type(last)) if last is not conv and last is not norm else None
-        return conv, norm, activation
-
-    def _can_fold(self, conv, norm, activation):
-        """Exactly conv, an eval-mode BN with running statistics, and optionally a fusable activation."""
-        unfused_modules = len(self) - 1 - (norm is not None) - (activation is not None)
-        return (
-            norm is not None and not norm.training and norm.track_running_stats and norm.running_mean is not None
-            and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and unfused_modules == 0
-        )
-
-    def folded_parameters(self):
-        conv, norm, _ = self._parts()
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if needs_grad or torch.compiler.is_compiling():
-            return fold_bn(conv, norm)  # traced or differentiated: no cache
-        tensors = [t for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
-                   if t is not None]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (norm.eps,)
-        if key != self._folded_key:
-            with torch.no_grad():
-                self._folded = fold_bn(conv, norm)
-            self._folded_key = key
-        return self._folded
+        self._activation = FUSABLE_ACTIVATIONS.get(type(last)) if len(self) > 1 else None
+        norm = self[1] if len(self) > 1 and isinstance(self[1], nn.BatchNorm2d) else None
+        # Fusable: exactly conv, BN and optionally an activation the epilogue implements.
+        self._fusable = norm is not None and len(self) == 2 + (self._activation is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm, activation = self._parts()
-        if not self._can_fold(conv, norm, activation):
+        if not self._fusable or not can_fold(self[0], self[1]):
             return super().forward(x)
-        weight, bias = self.folded_parameters()
-        return conv2d_activation(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, activation)
+        return conv_bn_act(x, self[0], self[1], self._activation, self._fold)
