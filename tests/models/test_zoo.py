@@ -12,6 +12,10 @@ REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
 # Small inputs keep the file fast on 2 cores; every listed net reduces 64 px to at least 2x2 before pooling.
 RESOLUTION = 64
 NAMES = models.list_models()
+# The deepest and widest variants share their blocks with a smaller registered model: their keys and eval
+# outputs are checked, the (slow on 2 cores) training step and layout variants are left to the small ones.
+HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}
+LIGHT = [n for n in NAMES if n not in HEAVY]
 
 
 def pair(name, **kwargs):
@@ -41,16 +45,21 @@ def test_state_dict_keys_equal_reference(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_eval_output_equals_reference(name):
+    """In float64: deep nets with random BN statistics amplify float32 rounding (resnet101's output moves by
+    ~1e-6 relative under a 1e-7 relative input change), which would hide real differences in noise. The
+    float32 eval check is test_num_classes_and_channels_last, on the shallower models."""
     ours, reference = pair(name)
     randomize_batch_norm(reference)
     ours.load_state_dict(reference.state_dict())
-    x = torch.randn(2, 3, RESOLUTION, RESOLUTION)
+    ours.double(), reference.double()
+    batch, size = (1, 32) if name in HEAVY else (2, RESOLUTION)  # float64 convs are slow on the CPU
+    x = torch.randn(batch, 3, size, size, dtype=torch.float64)
     with torch.no_grad():
-        rtol, atol = TOLERANCES[torch.float32]
+        rtol, atol = TOLERANCES[torch.float64]
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", LIGHT)
 def test_train_step_equals_reference(name):
     ours, reference = pair(name)
     x = torch.randn(2, 3, RESOLUTION, RESOLUTION)
@@ -68,7 +77,7 @@ def test_train_step_equals_reference(name):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"buffer {key}: {m}")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", LIGHT)
 def test_num_classes_and_channels_last(name):
     ours, reference = pair(name, num_classes=10)
     x = torch.randn(1, 3, RESOLUTION, RESOLUTION).to(memory_format=torch.channels_last)
