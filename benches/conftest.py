@@ -52,6 +52,7 @@ def pytest_terminal_summary(terminalreporter, config):
         for bench in members:
             median = bench.stats.median
             ratio = f"x{base / median:6.2f}" if base else "   n/a"
-            gbps = bench.extra_info.get("bytes", 0) / median / 1e9
+            moved = bench.extra_info.get("bytes", 0)
+            bandwidth = f"{moved / median / 1e9:8.1f} GB/s" if moved else ""
             variant = bench.params.get("variant", bench.name)
-            write(f"    {variant:<24} {median * 1e6:10.1f} us  {ratio}  {gbps:8.1f} GB/s")
+            write(f"    {variant:<24} {median * 1e6:10.1f} us  {ratio}  {bandwidth}")
