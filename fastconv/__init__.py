@@ -13,6 +13,7 @@ _backend.CUDA_KERNELS_BUILT = bool(BUILD_INFO["binary"]["with_cuda"])
 
 from fastconv import models, nn, ops  # noqa: E402
 from fastconv._backend import backend, get_backend, set_backend  # noqa: E402
+from fastconv._optimize import optimize  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["BUILD_INFO", "backend", "get_backend", "models", "nn", "ops", "set_backend"]
+__all__ = ["BUILD_INFO", "backend", "get_backend", "models", "nn", "ops", "optimize", "set_backend"]

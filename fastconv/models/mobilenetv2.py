@@ -12,7 +12,7 @@ from torch import nn
 
 from fastconv.models._registry import build, register_model
 from fastconv.nn import Conv2dNormActivation
-from fastconv.nn.conv_norm_act import FoldedConvBN, conv_bn_act
+from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
 
 __all__ = ["MobileNetV2", "mobilenet_v2"]
 
@@ -24,7 +24,7 @@ def _make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> 
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(Adoptable, nn.Module):
     """Expand (1x1, ReLU6) -> depthwise 3x3 (ReLU6) -> linear 1x1 projection, residual when shapes allow."""
 
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, norm_layer=None) -> None:
@@ -48,6 +48,9 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.out_channels = oup
         self._is_cn = stride > 1
+        self._init_fast_state()
+
+    def _init_fast_state(self):
         self._project = FoldedConvBN()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fastconv.models._registry import build, register_model
-from fastconv.nn.conv_norm_act import FoldedConvBN, conv_bn_act
+from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
 
 __all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
            "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"]
@@ -24,14 +24,13 @@ def conv1x1(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
 
 
-class _Residual(nn.Module):
+class _Residual(Adoptable, nn.Module):
     """Shared forward: a chain of (conv, bn, activation) stages plus the (downsampled) identity, then ReLU."""
 
     def _stages(self):
         raise NotImplementedError
 
-    def __init__(self):
-        super().__init__()
+    def _init_fast_state(self):
         self._folds = [FoldedConvBN() for _ in range(4)]  # up to three stages and the downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +59,7 @@ class BasicBlock(_Residual):
         self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
+        self._init_fast_state()
 
     def _stages(self):
         return [(self.conv1, self.bn1, "relu"), (self.conv2, self.bn2, None)]
@@ -82,12 +82,13 @@ class Bottleneck(_Residual):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
+        self._init_fast_state()
 
     def _stages(self):
         return [(self.conv1, self.bn1, "relu"), (self.conv2, self.bn2, "relu"), (self.conv3, self.bn3, None)]
 
 
-class ResNet(nn.Module):
+class ResNet(Adoptable, nn.Module):
     def __init__(self, block, layers: List[int], num_classes: int = 1000, zero_init_residual: bool = False,
                  groups: int = 1, width_per_group: int = 64,
                  replace_stride_with_dilation: Optional[List[bool]] = None, norm_layer=None) -> None:
@@ -111,7 +112,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=replace_stride_with_dilation[2])
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        self._stem = FoldedConvBN()
+        self._init_fast_state()
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -124,6 +125,9 @@ class ResNet(nn.Module):
                     nn.init.constant_(m.bn3.weight, 0)
                 elif isinstance(m, BasicBlock):
                     nn.init.constant_(m.bn2.weight, 0)
+
+    def _init_fast_state(self):
+        self._stem = FoldedConvBN()
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False) -> nn.Sequential:
         norm_layer = self._norm_layer

@@ -12,6 +12,7 @@ from torch import nn
 
 from fastconv import ops
 from fastconv.models._registry import build, register_model
+from fastconv.nn.conv_norm_act import Adoptable
 
 __all__ = ["ShuffleNetV2", "shufflenet_v2", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
            "shufflenet_v2_x2_0"]
@@ -26,7 +27,7 @@ def _depthwise(channels: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, 3, stride, 1, bias=False, groups=channels)
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(Adoptable, nn.Module):
     """A ShuffleNet V2 unit: stride 1 (Fig. 3c) transforms half the channels; stride 2 (Fig. 3d) both copies."""
 
     def __init__(self, inp: int, oup: int, stride: int) -> None:

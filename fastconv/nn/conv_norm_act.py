@@ -47,6 +47,20 @@ def conv2d_activation(x, weight, bias, stride, padding, dilation, groups, activa
     return out if activation is None else _APPLY[activation](out)
 
 
+class Adoptable:
+    """Mixin: ``cls.adopt(module)`` turns an existing module of the reference class (same attributes and
+    submodules) into this class in place, then sets up its fused-forward state (``_init_fast_state``)."""
+
+    @classmethod
+    def adopt(cls, module: nn.Module) -> nn.Module:
+        module.__class__ = cls
+        module._init_fast_state()
+        return module
+
+    def _init_fast_state(self):
+        pass
+
+
 class FoldedConvBN:
     """The folded (weight, bias) of a conv + eval-mode BN pair, cached.
 
@@ -90,7 +104,7 @@ def conv_bn_act(x, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: Optional[str
     return conv2d_activation(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, activation)
 
 
-class Conv2dNormActivation(torchvision.ops.misc.Conv2dNormActivation):
+class Conv2dNormActivation(Adoptable, torchvision.ops.misc.Conv2dNormActivation):
     """Drop-in for ``torchvision.ops.misc.Conv2dNormActivation`` (same arguments, an ``nn.Sequential`` with
     the same state_dict keys), fused in forward.
 
@@ -101,6 +115,9 @@ class Conv2dNormActivation(torchvision.ops.misc.Conv2dNormActivation):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._init_fast_state()
+
+    def _init_fast_state(self):
         self._fold = FoldedConvBN()
         last = self[-1]
         self._activation = FUSABLE_ACTIVATIONS.get(type(last)) if len(self) > 1 else None

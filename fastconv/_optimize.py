@@ -1,0 +1,54 @@
+"""fastconv.optimize: swap torchvision building blocks for fastconv's in a model users already have."""
+import copy
+
+import torch
+
+
+def _swaps():
+    """{reference class: fastconv class}. Exact types only: a user's subclass keeps its own forward."""
+    import torchvision.models.mobilenetv2 as tv_mobilenetv2
+    import torchvision.models.resnet as tv_resnet
+    import torchvision.models.shufflenetv2 as tv_shufflenetv2
+    import torchvision.ops.misc as tv_misc
+
+    from fastconv import nn as fnn
+    from fastconv.models import mobilenetv2, resnet, shufflenetv2
+
+    return {
+        tv_misc.Conv2dNormActivation: fnn.Conv2dNormActivation,
+        torch.nn.ChannelShuffle: fnn.ChannelShuffle,
+        tv_shufflenetv2.InvertedResidual: shufflenetv2.InvertedResidual,
+        tv_mobilenetv2.InvertedResidual: mobilenetv2.InvertedResidual,
+        tv_resnet.BasicBlock: resnet.BasicBlock,
+        tv_resnet.Bottleneck: resnet.Bottleneck,
+        tv_resnet.ResNet: resnet.ResNet,
+    }
+
+
+def _adopt(module, target):
+    if hasattr(target, "adopt"):
+        return target.adopt(module)
+    module.__class__ = target  # stateless drop-ins (same attributes, new forward)
+    return module
+
+
+def optimize(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
+    """Return `model` with torchvision building blocks replaced by fastconv's: same parameters, same
+    state_dict keys, same outputs; in eval, conv-BN pairs run as one convolution with the BN folded.
+
+    Works on models users have already built or trained (the parameters are kept, not re-initialised).
+    With ``inplace=False`` (default) the model is deep-copied first. Returns the model and, as
+    ``model.fastconv_swapped``, how many modules of each class were swapped.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    swaps = _swaps()
+    swapped = {}
+    for module in list(model.modules()):
+        target = swaps.get(type(module))
+        if target is not None:
+            name = type(module).__qualname__
+            _adopt(module, target)
+            swapped[name] = swapped.get(name, 0) + 1
+    model.fastconv_swapped = swapped
+    return model

@@ -1,0 +1,52 @@
+"""fastconv.optimize on torchvision models: blocks swapped, parameters kept, outputs unchanged."""
+import pytest
+import torch
+import torchvision
+
+import fastconv
+from test_zoo import RESOLUTION, randomize_batch_norm
+from tolerances import TOLERANCES
+
+# builder -> the module classes that must have been swapped
+MODELS = {
+    "shufflenet_v2_x0_5": {"InvertedResidual"},
+    "mobilenet_v2": {"Conv2dNormActivation", "InvertedResidual"},
+    "mobilenet_v3_small": {"Conv2dNormActivation"},
+    "resnet18": {"BasicBlock", "ResNet"},
+    "resnext50_32x4d": {"Bottleneck", "ResNet"},
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_optimize_keeps_outputs(name):
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, num_classes=10)
+    randomize_batch_norm(reference)
+    optimized = fastconv.optimize(reference)
+    assert set(optimized.fastconv_swapped) >= MODELS[name]
+    assert not hasattr(reference, "fastconv_swapped"), "inplace=False must leave the original alone"
+    assert list(optimized.state_dict()) == list(reference.state_dict())
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION, dtype=torch.float64)
+    optimized.double().eval(), reference.double().eval()
+    with torch.no_grad():
+        rtol, atol = TOLERANCES[torch.float64]
+        torch.testing.assert_close(optimized(x), reference(x), rtol=rtol, atol=atol)
+
+
+def test_optimize_trained_model_in_place_and_train_mode():
+    model = torchvision.models.resnet18(num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for _ in range(2):  # "a model the user has already trained"
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 32, 32)).sum().backward()
+        optimizer.step()
+    reference = __import__("copy").deepcopy(model)
+    same = fastconv.optimize(model, inplace=True)
+    assert same is model and type(model).__module__ == "fastconv.models.resnet"
+    x = torch.randn(3, 3, 32, 32)
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.train()(x), reference.train()(x), rtol=rtol, atol=atol)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
