@@ -182,6 +182,22 @@ def _bench(args):
     console.print(f"wrote {json_path} and {plot_path}")
 
 
+def _check(args):
+    import fastconv
+    from fastconv import _bench_models
+
+    names = fastconv.models.list_models() if not args.models else args.models.split(",")
+    failures = 0
+    print(f"{'model':<22} {'keys':<6} {'relative max error':>20}  (eval, float64, {args.resolution} px, vs torchvision)")
+    for name in names:
+        keys_equal, error = _bench_models.parity(name, resolution=args.resolution)
+        ok = keys_equal and error <= 1e-9
+        failures += not ok
+        print(f"{name:<22} {'same' if keys_equal else 'DIFF':<6} {error:>20.2e}  {'ok' if ok else 'FAIL'}", flush=True)
+    print(f"{len(names) - failures} of {len(names)} models equal their reference")
+    return 1 if failures else 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -198,9 +214,12 @@ def main(argv=None):
     bench.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
                        help="fewer shapes (default on the CPU)")
     bench.set_defaults(run=_bench)
+    check = commands.add_parser("check", help="zoo parity: every model against its torchvision reference")
+    check.add_argument("--models", help="comma-separated models (default: all registered)")
+    check.add_argument("--resolution", type=int, default=64, help="input size (default 64)")
+    check.set_defaults(run=_check)
     args = parser.parse_args(argv)
-    args.run(args)
-    return 0
+    return args.run(args) or 0
 
 
 if __name__ == "__main__":

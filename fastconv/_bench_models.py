@@ -48,3 +48,19 @@ def run_model_case(name, batch, device, dtype, memory_format, resolution=224, co
             rows.append(dict(kind="model", case=label, variant=variant, seconds=seconds, speedup=baseline / seconds,
                              gbps=None, max_abs_err=(out.double() - expected).abs().max().item()))
     return rows
+
+
+def parity(name, resolution=64, batch=1):
+    """(keys identical?, max |fastconv - torchvision| / max |torchvision|) in eval, float64, with the same
+    weights and random BN statistics."""
+    ours, reference = model_pair(name, "cpu", torch.float64, torch.contiguous_format)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+        ours.load_state_dict(reference.state_dict())
+        x = torch.randn(batch, 3, resolution, resolution, dtype=torch.float64)
+        expected = reference(x)
+        error = ((ours(x) - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+    return list(ours.state_dict()) == list(reference.state_dict()), error

@@ -125,3 +125,10 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path):
     assert {r["variant"] for r in rows} == {"reference (ATen)", "fastconv cpu"}
     assert all(r["max_abs_err"] == 0 for r in rows)  # a permutation: exact
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_check_zoo_parity():
+    result = subprocess.run([sys.executable, "-m", "fastconv", "check", "--models", "shufflenet_v2_x0_5,resnet18"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 of 2 models equal their reference" in result.stdout
