@@ -6,6 +6,8 @@ of C planes; channels_last: N*H*W pixels of C one-element rows). Interleaved row
 row j of a (b). The halves are read/written at any block stride, so channel slices of a bigger tensor (the
 ShuffleNet split) need no copy; the interleaved tensor is always dense.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -82,7 +84,7 @@ def _interleave(interleaved, first, second, memory_format, split):
     first, first_block = _blocked_half(first, memory_format)
     second, second_block = _blocked_half(second, memory_format)
     channels = first.shape[1]
-    inner = 1 if memory_format == torch.channels_last else first[0, 0].numel()
+    inner = 1 if memory_format == torch.channels_last else math.prod(first.shape[2:])
     total = interleaved.numel()
     outer = first.numel() // (channels * inner)
     largest = max(total + ELEMENTWISE_BLOCK, (outer - 1) * max(first_block, second_block) + channels * inner)
