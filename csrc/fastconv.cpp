@@ -45,4 +45,10 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("channel_shuffle(Tensor input, int groups) -> Tensor");
   // The inverse permutation (a shuffle with C / groups groups); its own op so it has its own fake.
   m.def("_channel_shuffle_backward(Tensor grad_output, int groups) -> Tensor");
+
+  // shuffle_cat: equals channel_shuffle(cat([a, b], 1), 2) in one pass: out[:, 2j] = a[:, j],
+  // out[:, 2j + 1] = b[:, j]. Output channels_last when a is (csrc/shuffle_cat.h), else contiguous.
+  m.def("shuffle_cat(Tensor a, Tensor b) -> Tensor");
+  // The de-interleave: (grad_output[:, 0::2], grad_output[:, 1::2]), dense; its own op so it has its own fake.
+  m.def("_shuffle_cat_backward(Tensor grad_output) -> (Tensor, Tensor)");
 }

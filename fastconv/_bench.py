@@ -56,6 +56,29 @@ def channel_shuffle_cases(device, dtype, memory_format, batches, multipliers) ->
     return cases
 
 
+def shuffle_cat_cases(device, dtype, memory_format, batches, multipliers) -> List[OpCase]:
+    """The concat + channel shuffle ending every ShuffleNetV2 unit: each branch has half the stage's channels.
+    All units of a stage share the shape (the first, downsampling unit too), so one case per stage."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    for multiplier in multipliers:
+        for stage, (channels, size) in enumerate(zip(SHUFFLENET_V2_STAGES[multiplier], SHUFFLENET_V2_RESOLUTIONS)):
+            for batch in batches:
+                shape = (batch, channels // 2, size, size)
+
+                def make(shape=shape):
+                    return tuple(
+                        torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+                        for _ in range(2)
+                    )
+
+                numel = batch * (channels // 2) * size * size
+                label = f"shufflenet_v2_{multiplier} stage{stage + 2} 2x{list(shape)} {layout_name(memory_format)} {dtype_name(dtype)}"
+                # read a + read b + write the (N, 2C, H, W) output
+                cases.append(OpCase("shuffle_cat", label, make, 4 * numel * element))
+    return cases
+
+
 def median_seconds(fn, device_type, min_run_time=0.2):
     """Median wall time of fn(): torch.utils.benchmark on the CPU, triton's do_bench (CUDA events) on a GPU."""
     if device_type == "cuda":

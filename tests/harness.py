@@ -90,6 +90,7 @@ class OpHarness:
         reference64: Callable,
         exact: bool = False,
         interpreter_bf16: bool = False,
+        expected_strides: Optional[Callable] = None,
     ):
         """
         name: the op's name in fastconv.ops.OPS.
@@ -98,12 +99,16 @@ class OpHarness:
         exact: results must be bit-identical (data movement).
         interpreter_bf16: the Triton path is correct for bfloat16 under the interpreter (it moves bits
             only); otherwise bf16 Triton cases are skipped on CPU, as the interpreter computes bf16 wrongly.
+        expected_strides: expected_strides(*args, output) -> the strides the output must have, for ops whose
+            output is not shaped like their input; default: those of torch.empty_like(first layout argument),
+            checked for 4-D inputs.
         """
         self.name = name
         self.public = public
         self.reference64 = reference64
         self.exact = exact
         self.interpreter_bf16 = interpreter_bf16
+        self.expected_strides = expected_strides
 
     def _skip_unsupported(self, backend, device, dtype):
         if backend == "triton" and device == "cpu" and dtype == torch.bfloat16 and not self.interpreter_bf16:
@@ -121,7 +126,9 @@ class OpHarness:
         assert out.dtype == dtype and out.device.type == device
         assert out.shape == expected.shape
         first = args[sample.layout_args[0]]
-        if backend != "reference" and first.dim() == 4:
+        if backend != "reference" and self.expected_strides is not None:
+            assert out.stride() == self.expected_strides(*args, out), "output has the wrong memory format"
+        elif backend != "reference" and first.dim() == 4:
             assert out.stride() == torch.empty_like(first).stride(), "output must keep the input's memory format"
         rtol, atol = tolerance(dtype, self.exact)
         torch.testing.assert_close(out.double(), expected.double(), rtol=rtol, atol=atol)

@@ -17,3 +17,24 @@ def check_channel_shuffle_args(input, groups):
             f"channel_shuffle: groups ({groups}) must divide the number of channels "
             f"(input.shape[1] = {input.shape[1]})"
         )
+
+
+def check_shuffle_cat_args(a, b):
+    if a.dim() < 3:
+        raise RuntimeError(f"shuffle_cat: a must have at least 3 dimensions (N, C, *), got sizes {list(a.shape)}")
+    if b.shape != a.shape:
+        raise RuntimeError(f"shuffle_cat: b.shape {list(b.shape)} must equal a.shape {list(a.shape)}")
+    if b.dtype != a.dtype:
+        raise RuntimeError(f"shuffle_cat: b.dtype ({b.dtype}) must equal a.dtype ({a.dtype})")
+    if b.device != a.device:
+        raise RuntimeError(f"shuffle_cat: b.device ({b.device}) must equal a.device ({a.device})")
+
+
+def check_shuffle_cat_backward_args(grad_output):
+    if grad_output.dim() < 3:
+        raise RuntimeError(
+            "shuffle_cat backward: grad_output must have at least 3 dimensions (N, 2C, *), "
+            f"got sizes {list(grad_output.shape)}"
+        )
+    if grad_output.shape[1] % 2 != 0:
+        raise RuntimeError(f"shuffle_cat backward: grad_output.shape[1] must be even (2C), got {grad_output.shape[1]}")
