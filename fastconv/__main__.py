@@ -65,10 +65,14 @@ def _op_suite(device, quick):
         batches, multipliers = (1, 32, 256), tuple(_bench.SHUFFLENET_V2_STAGES)
         configs = [(torch.float32, torch.contiguous_format), (torch.float16, torch.channels_last),
                    (torch.bfloat16, torch.channels_last)]
-    shuffle_cases = [c for dtype, fmt in configs
-                     for c in _bench.channel_shuffle_cases(device, dtype, fmt, batches, multipliers)]
+
+    def cases(builder):
+        return [c for dtype, fmt in configs for c in builder(device, dtype, fmt, batches, multipliers)]
+
     return {
-        "channel_shuffle": (shuffle_cases, fastconv.ops.channel_shuffle, _reference.channel_shuffle),
+        "channel_shuffle": (cases(_bench.channel_shuffle_cases), fastconv.ops.channel_shuffle,
+                            _reference.channel_shuffle),
+        "shuffle_cat": (cases(_bench.shuffle_cat_cases), fastconv.ops.shuffle_cat, _reference.shuffle_cat),
     }
 
 

@@ -2,8 +2,8 @@
 Design", ECCV 2018), with torchvision's module names and state_dict keys.
 
 Each unit splits its input in two channel halves (a free view), transforms one half, and joins the two with a
-channel shuffle of 2 groups. fastconv runs the join as one op; the depthwise convolutions are
-fastconv.nn.Conv2d.
+channel shuffle of 2 groups. fastconv runs the join as one op (fastconv.ops.shuffle_cat), and the next
+unit's split stays a view.
 """
 from typing import List
 
@@ -19,8 +19,8 @@ __all__ = ["ShuffleNetV2", "shufflenet_v2", "shufflenet_v2_x0_5", "shufflenet_v2
 
 
 def _join(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """channel_shuffle(cat([a, b], 1), 2): the end of every ShuffleNet V2 unit."""
-    return ops.channel_shuffle(torch.cat((a, b), dim=1), 2)
+    """channel_shuffle(cat([a, b], 1), 2), the end of every ShuffleNet V2 unit, as one interleaved write."""
+    return ops.shuffle_cat(a, b)
 
 
 def _depthwise(channels: int, stride: int) -> nn.Conv2d:
