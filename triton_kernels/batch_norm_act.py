@@ -72,9 +72,12 @@ def _stats_partial_kernel(
         mask = (j < end) & c_mask
         x = tl.load(x_ptr + _tile_offsets(j, c, inner, channels), mask=mask, other=0.0).to(ACC)
         block_count = tl.minimum(end - j0, BLOCK_M).to(ACC)
-        block_mean = tl.sum(x, axis=0) / block_count
-        deviation = tl.where(mask, x - block_mean[None, :], 0.0)
-        block_m2 = tl.sum(deviation * deviation, axis=0)
+        guess = tl.sum(x, axis=0) / block_count
+        deviation = tl.where(mask, x - guess[None, :], 0.0)
+        # corrected two-pass: exact whatever the rounding of the guess
+        sum_d = tl.sum(deviation, axis=0)
+        block_mean = guess + sum_d / block_count
+        block_m2 = tl.sum(deviation * deviation, axis=0) - sum_d * sum_d / block_count
         total = count + block_count
         delta = block_mean - mean
         mean += delta * (block_count / total)
@@ -280,8 +283,8 @@ def batch_norm_act_backward(grad_output, input, weight, bias, save_mean, save_in
     weight_dtype = weight.dtype if weight is not None else acc
     bias_dtype = bias.dtype if bias is not None else weight_dtype
     if input.numel() == 0:
-        zeros = torch.zeros(channels, dtype=acc, device=input.device)
-        return grad_input, zeros.to(weight_dtype), zeros.to(bias_dtype)
+        return (grad_input, torch.zeros(channels, dtype=weight_dtype, device=input.device),
+                torch.zeros(channels, dtype=bias_dtype, device=input.device))
     x = dense_like(input, grad_input)
     dy = dense_like(grad_output, grad_input)
     outer, _, inner = _geometry(x)

@@ -1,8 +1,8 @@
 // batch_norm_act on the CPU. A dense input is an [outer, C, inner] array (csrc/batch_norm_act.h):
 // NCHW has inner = H*W planes, channels_last has inner = 1 (rows of C channels).
 //   training forward: one pass over memory for per-channel mean / biased variance (in-cache blocks of
-//     kBlock elements, each reduced exactly by two sweeps while it sits in L1, merged with Chan's parallel
-//     formula -- never E[x^2] - E[x]^2), then one pass normalise + scale/shift + activation.
+//     kBlock elements, each reduced by the corrected two-pass algorithm while it sits in L1, merged with
+//     Chan's parallel formula -- never E[x^2] - E[x]^2), then one pass normalise + scale/shift + activation.
 //   backward: one pass for sum(dy') and sum(dy' * (x - mean)) per channel (dy' = dy * act'(y), y recomputed
 //     from x), one elementwise pass for grad_input.
 // Per-channel partials are combined in a fixed order that depends on the shape only, never on the thread
@@ -79,24 +79,26 @@ acc_t span_sum(const scalar_t* x, int64_t length) {
   return lane_sum<acc_t>(a + b);
 }
 
+// (sum of d, sum of d^2) with d = x - mean_guess: the corrected two-pass algorithm, whose result does not
+// depend on the guess's rounding error (m2 = sum d^2 - (sum d)^2 / n, mean = guess + sum d / n).
 template <typename scalar_t, typename acc_t>
-acc_t span_squared_deviation(const scalar_t* x, int64_t length, acc_t mean) {
+std::pair<acc_t, acc_t> span_deviation(const scalar_t* x, int64_t length, acc_t mean_guess) {
   constexpr int64_t kLanes = Vectorized<acc_t>::size();
-  const Vectorized<acc_t> m(mean);
-  Vectorized<acc_t> a(0), b(0);
+  const Vectorized<acc_t> m(mean_guess);
+  Vectorized<acc_t> sum(0), squares(0);
   int64_t i = 0;
-  for (; i + 2 * kLanes <= length; i += 2 * kLanes) {
-    const auto d0 = load_as<scalar_t, acc_t>(x + i, kLanes) - m;
-    const auto d1 = load_as<scalar_t, acc_t>(x + i + kLanes, kLanes) - m;
-    a += d0 * d0;
-    b += d1 * d1;
+  for (; i + kLanes <= length; i += kLanes) {
+    const auto d = load_as<scalar_t, acc_t>(x + i, kLanes) - m;
+    sum += d;
+    squares += d * d;
   }
-  acc_t tail = 0;  // scalar: a zero-filled lane would add mean^2
+  acc_t sum_tail = 0, squares_tail = 0;  // scalar: a zero-filled lane would add -mean and mean^2
   for (; i < length; ++i) {
-    const acc_t d = static_cast<acc_t>(x[i]) - mean;
-    tail += d * d;
+    const acc_t d = static_cast<acc_t>(x[i]) - mean_guess;
+    sum_tail += d;
+    squares_tail += d * d;
   }
-  return lane_sum<acc_t>(a + b) + tail;
+  return {lane_sum<acc_t>(sum) + sum_tail, lane_sum<acc_t>(squares) + squares_tail};
 }
 
 template <typename scalar_t, typename acc_t>
@@ -113,12 +115,15 @@ void stats_planes(const scalar_t* x, acc_t* mean, acc_t* var, const BatchNormGeo
           acc_t sum = 0;
           for (int64_t o = o0; o < o1; ++o) sum += span_sum<scalar_t, acc_t>(x + (o * g.channels + c) * g.inner + i0, length);
           const double count = static_cast<double>((o1 - o0) * length);
-          const acc_t block_mean = sum / static_cast<acc_t>(count);
-          acc_t m2 = 0;
+          const acc_t guess = sum / static_cast<acc_t>(count);
+          acc_t sum_d = 0, m2 = 0;
           for (int64_t o = o0; o < o1; ++o) {
-            m2 += span_squared_deviation<scalar_t, acc_t>(x + (o * g.channels + c) * g.inner + i0, length, block_mean);
+            const auto d = span_deviation<scalar_t, acc_t>(x + (o * g.channels + c) * g.inner + i0, length, guess);
+            sum_d += d.first;
+            m2 += d.second;
           }
-          total.merge(count, block_mean, m2);
+          const acc_t correction = sum_d / static_cast<acc_t>(count);
+          total.merge(count, guess + correction, m2 - sum_d * correction);
         }
       }
       mean[c] = total.mean;
@@ -173,14 +178,17 @@ void stats_rows(const scalar_t* x, acc_t* mean, acc_t* var, const BatchNormGeome
           const int64_t n = std::min(kLanes, channels - c);
           Vectorized<acc_t> sum(0);
           for (int64_t r = r0; r < r1; ++r) sum += load_as<scalar_t, acc_t>(x + r * channels + c, n);
-          const Vectorized<acc_t> m = sum * Vectorized<acc_t>(inv_rows);
-          Vectorized<acc_t> m2(0);  // zero-filled lanes give (0 - 0)^2: harmless
+          const Vectorized<acc_t> guess = sum * Vectorized<acc_t>(inv_rows);
+          Vectorized<acc_t> sum_d(0), m2(0);  // zero-filled lanes give 0 - 0: harmless
           for (int64_t r = r0; r < r1; ++r) {
-            const auto d = load_as<scalar_t, acc_t>(x + r * channels + c, n) - m;
+            const auto d = load_as<scalar_t, acc_t>(x + r * channels + c, n) - guess;
+            sum_d += d;
             m2 += d * d;
           }
-          m.store(block_mean.data() + c, n);
-          m2.store(block_m2.data() + c, n);
+          // corrected two-pass (see span_deviation): exact whatever the rounding of the guess
+          const auto correction = sum_d * Vectorized<acc_t>(inv_rows);
+          (guess + correction).store(block_mean.data() + c, n);
+          (m2 - sum_d * correction).store(block_m2.data() + c, n);
         }
         merge_channels(gm, gm2, count, block_mean.data(), block_m2.data(), static_cast<double>(r1 - r0), channels);
         count += static_cast<double>(r1 - r0);
