@@ -1,5 +1,6 @@
 """Drop-in modules: same constructor arguments and state_dict keys as their torch/torchvision namesakes."""
 from fastconv.nn.batchnorm import BatchNorm2d
+from fastconv.nn.fusion import fold_bn
 from fastconv.nn.shuffle import ChannelShuffle
 
-__all__ = ["BatchNorm2d", "ChannelShuffle"]
+__all__ = ["BatchNorm2d", "ChannelShuffle", "fold_bn"]

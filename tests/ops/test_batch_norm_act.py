@@ -355,3 +355,31 @@ def test_invalid_arguments_under_compile():
     torch._dynamo.reset()
     with pytest.raises(Exception, match=r"weight must have shape \(C,\)"):
         compiled(torch.randn(2, 4, 3, 3), torch.ones(5), None, None, None, True, 0.1, 1e-5, None)
+
+
+# --- fold_bn ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("groups, conv_bias, affine", [(1, True, True), (2, False, True), (4, False, False)])
+def test_fold_bn_equals_conv_then_bn_in_eval(groups, conv_bias, affine):
+    conv = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=groups, bias=conv_bias).double()
+    bn = torch.nn.BatchNorm2d(8, affine=affine).double()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        if affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+    bn.eval()
+    fused = fastconv.nn.fold_bn(conv, bn)
+    assert isinstance(fused, torch.nn.Conv2d) and fused.bias is not None and fused is not conv
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), bn(conv(x)), rtol=1e-10, atol=1e-10)
+
+
+def test_fold_bn_invalid():
+    conv = torch.nn.Conv2d(4, 8, 3)
+    with pytest.raises(ValueError, match=r"bn.num_features \(6\) must equal conv.out_channels \(8\)"):
+        fastconv.nn.fold_bn(conv, torch.nn.BatchNorm2d(6))
+    with pytest.raises(ValueError, match="no running statistics"):
+        fastconv.nn.fold_bn(conv, torch.nn.BatchNorm2d(8, track_running_stats=False))
+    with pytest.raises(TypeError, match="conv must be a torch.nn.Conv2d"):
+        fastconv.nn.fold_bn(torch.nn.Linear(4, 8), torch.nn.BatchNorm2d(8))
