@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 namespace fastconv {
@@ -54,14 +55,18 @@ struct ActivationOp {
       return y;
     }
   }
-  // d activation / d y at y.
+  // d activation / d y at y. Written with arithmetic on comparisons, not branches: the signs of y are
+  // random, and a mispredicted branch per element made the CPU backward several times slower.
   static C10_HOST_DEVICE inline acc_t derivative(acc_t y) {
     if constexpr (kAct == Activation::kReLU) {
-      return y > acc_t(0) ? acc_t(1) : acc_t(0);
+      // The second factor is 1 for every finite y; without it GCC turned the product back into a branch
+      // (10x slower on random signs). Only y = +inf differs from aten (0 instead of 1).
+      return static_cast<acc_t>(y > acc_t(0)) * static_cast<acc_t>(y < std::numeric_limits<acc_t>::infinity());
     } else if constexpr (kAct == Activation::kReLU6) {
-      return (y > acc_t(0) && y < acc_t(6)) ? acc_t(1) : acc_t(0);
+      return static_cast<acc_t>(y > acc_t(0)) * static_cast<acc_t>(y < acc_t(6));
     } else if constexpr (kAct == Activation::kHardswish) {
-      return y < acc_t(-3) ? acc_t(0) : (y <= acc_t(3) ? y / acc_t(3) + acc_t(0.5) : acc_t(1));
+      const acc_t middle = static_cast<acc_t>(y <= acc_t(3));
+      return static_cast<acc_t>(y >= acc_t(-3)) * (middle * (y / acc_t(3) + acc_t(0.5)) + (acc_t(1) - middle));
     } else if constexpr (kAct == Activation::kSiLU) {
       const acc_t sigmoid = acc_t(1) / (acc_t(1) + std::exp(-y));
       return sigmoid * (acc_t(1) + y * (acc_t(1) - sigmoid));

@@ -230,70 +230,6 @@ void parallel_elementwise(const BatchNormGeometry& g, const F& f) {
   }
 }
 
-// sum0[c] = sum of term(c, index).first, sum1[c] = ... .second over channel c's elements.
-template <typename acc_t, typename Term>
-void channel_sums(const BatchNormGeometry& g, acc_t* sum0, acc_t* sum1, const Term& term) {
-  const int64_t channels = g.channels;
-  if (g.inner > 1) {
-    constexpr int64_t kLanes = 8;  // independent accumulators: vectorisable without reassociation
-    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        acc_t total0 = 0, total1 = 0;
-        for (int64_t o = 0; o < g.outer; ++o) {
-          const int64_t base = (o * channels + c) * g.inner;
-          acc_t lane0[kLanes] = {}, lane1[kLanes] = {};
-          int64_t i = 0;
-          for (; i + kLanes <= g.inner; i += kLanes) {
-            for (int64_t k = 0; k < kLanes; ++k) {
-              const auto t = term(c, base + i + k);
-              lane0[k] += t.first;
-              lane1[k] += t.second;
-            }
-          }
-          for (; i < g.inner; ++i) {
-            const auto t = term(c, base + i);
-            lane0[0] += t.first;
-            lane1[0] += t.second;
-          }
-          for (int64_t k = 0; k < kLanes; ++k) {
-            total0 += lane0[k];
-            total1 += lane1[k];
-          }
-        }
-        sum0[c] = total0;
-        sum1[c] = total1;
-      }
-    });
-    return;
-  }
-  const int64_t rows = g.outer;
-  const int64_t groups = std::max<int64_t>(1, std::min(rows, kMaxRowGroups));
-  const int64_t rows_per_group = (rows + groups - 1) / groups;
-  std::vector<acc_t> partial0(groups * channels, acc_t(0)), partial1(groups * channels, acc_t(0));
-  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t group = begin; group < end; ++group) {
-      acc_t* p0 = partial0.data() + group * channels;
-      acc_t* p1 = partial1.data() + group * channels;
-      const int64_t r_end = std::min(rows, (group + 1) * rows_per_group);
-      for (int64_t r = group * rows_per_group; r < r_end; ++r) {
-        for (int64_t c = 0; c < channels; ++c) {  // across channels: vectorisable as written
-          const auto t = term(c, r * channels + c);
-          p0[c] += t.first;
-          p1[c] += t.second;
-        }
-      }
-    }
-  });
-  std::fill(sum0, sum0 + channels, acc_t(0));
-  std::fill(sum1, sum1 + channels, acc_t(0));
-  for (int64_t group = 0; group < groups; ++group) {
-    for (int64_t c = 0; c < channels; ++c) {
-      sum0[c] += partial0[group * channels + c];
-      sum1[c] += partial1[group * channels + c];
-    }
-  }
-}
-
 // --- forward ------------------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t, Activation kAct>
 void apply_forward(const scalar_t* x, scalar_t* out, const acc_t* scale, const acc_t* shift,
@@ -359,29 +295,140 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_cpu(
 }
 
 // --- backward -----------------------------------------------------------------------------------------------
+// The per-element work is spelled out in plain loops over raw pointers: written as nested lambdas GCC did
+// not inline it, and the backward ran several times slower than its memory traffic.
+
+// dy' = dy * act'(y), with y = (x - mean) * invstd * w + b recomputed from x.
+template <typename acc_t, Activation kAct>
+inline acc_t activation_grad(acc_t dy, acc_t xmu, acc_t invstd, acc_t w, acc_t b) {
+  if constexpr (kAct == Activation::kNone) {
+    return dy;
+  } else {
+    return dy * ActivationOp<kAct, acc_t>::derivative(xmu * invstd * w + b);
+  }
+}
+
+// sum_dy[c] = sum dy', sum_dy_xmu[c] = sum dy' * (x - mean), per channel, in a fixed order.
+template <typename scalar_t, typename acc_t, Activation kAct>
+void backward_sums(const scalar_t* dy, const scalar_t* x, const acc_t* mean, const acc_t* invstd, const acc_t* w,
+                   const acc_t* b, acc_t* sum_dy, acc_t* sum_dy_xmu, const BatchNormGeometry& g) {
+  const int64_t channels = g.channels;
+  const int64_t inner = g.inner;
+  if (inner > 1) {  // NCHW: parallel over channels; independent lanes keep the plane loop vectorisable
+    constexpr int64_t kLanes = 8;
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const acc_t m = mean[c], s = invstd[c], wc = w[c], bc = b[c];
+        acc_t total_dy = 0, total_dy_xmu = 0;
+        for (int64_t o = 0; o < g.outer; ++o) {
+          const scalar_t* xp = x + (o * channels + c) * inner;
+          const scalar_t* dyp = dy + (o * channels + c) * inner;
+          acc_t lane_dy[kLanes] = {}, lane_dy_xmu[kLanes] = {};
+          int64_t i = 0;
+          for (; i + kLanes <= inner; i += kLanes) {
+            for (int64_t k = 0; k < kLanes; ++k) {
+              const acc_t xmu = static_cast<acc_t>(xp[i + k]) - m;
+              const acc_t d = activation_grad<acc_t, kAct>(static_cast<acc_t>(dyp[i + k]), xmu, s, wc, bc);
+              lane_dy[k] += d;
+              lane_dy_xmu[k] += d * xmu;
+            }
+          }
+          for (; i < inner; ++i) {
+            const acc_t xmu = static_cast<acc_t>(xp[i]) - m;
+            const acc_t d = activation_grad<acc_t, kAct>(static_cast<acc_t>(dyp[i]), xmu, s, wc, bc);
+            lane_dy[0] += d;
+            lane_dy_xmu[0] += d * xmu;
+          }
+          for (int64_t k = 0; k < kLanes; ++k) {
+            total_dy += lane_dy[k];
+            total_dy_xmu += lane_dy_xmu[k];
+          }
+        }
+        sum_dy[c] = total_dy;
+        sum_dy_xmu[c] = total_dy_xmu;
+      }
+    });
+    return;
+  }
+  // channels_last: a fixed number of row groups, each accumulating per-channel arrays (vectorisable
+  // across channels), then added in group order.
+  const int64_t rows = g.outer;
+  const int64_t groups = std::max<int64_t>(1, std::min(rows, kMaxRowGroups));
+  const int64_t rows_per_group = (rows + groups - 1) / groups;
+  std::vector<acc_t> partial_dy(groups * channels, acc_t(0)), partial_dy_xmu(groups * channels, acc_t(0));
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; ++group) {
+      acc_t* __restrict__ p_dy = partial_dy.data() + group * channels;
+      acc_t* __restrict__ p_dy_xmu = partial_dy_xmu.data() + group * channels;
+      const int64_t r_end = std::min(rows, (group + 1) * rows_per_group);
+      for (int64_t r = group * rows_per_group; r < r_end; ++r) {
+        const scalar_t* xp = x + r * channels;
+        const scalar_t* dyp = dy + r * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t xmu = static_cast<acc_t>(xp[c]) - mean[c];
+          const acc_t d = activation_grad<acc_t, kAct>(static_cast<acc_t>(dyp[c]), xmu, invstd[c], w[c], b[c]);
+          p_dy[c] += d;
+          p_dy_xmu[c] += d * xmu;
+        }
+      }
+    }
+  });
+  std::fill(sum_dy, sum_dy + channels, acc_t(0));
+  std::fill(sum_dy_xmu, sum_dy_xmu + channels, acc_t(0));
+  for (int64_t group = 0; group < groups; ++group) {
+    for (int64_t c = 0; c < channels; ++c) {
+      sum_dy[c] += partial_dy[group * channels + c];
+      sum_dy_xmu[c] += partial_dy_xmu[group * channels + c];
+    }
+  }
+}
+
+// training: dx = k * (dy' - mean_dy - (x - mean) * proj) with k = w * invstd, mean_dy = sum_dy / n,
+// proj = sum_dy_xmu * invstd^2 / n; eval: mean_dy = proj = 0, i.e. dx = w * invstd_running * dy'.
+template <typename scalar_t, typename acc_t, Activation kAct>
+void backward_apply(const scalar_t* dy, const scalar_t* x, scalar_t* grad_input, const acc_t* mean,
+                    const acc_t* invstd, const acc_t* w, const acc_t* b, const acc_t* k, const acc_t* mean_dy,
+                    const acc_t* proj, const BatchNormGeometry& g) {
+  const int64_t channels = g.channels;
+  const int64_t inner = g.inner;
+  if (inner > 1) {
+    at::parallel_for(0, g.outer * channels, std::max<int64_t>(1, kGrainElements / inner),
+                     [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % channels;
+        const acc_t m = mean[c], s = invstd[c], wc = w[c], bc = b[c], kc = k[c], mdy = mean_dy[c], pc = proj[c];
+        const scalar_t* xp = x + plane * inner;
+        const scalar_t* dyp = dy + plane * inner;
+        scalar_t* gp = grad_input + plane * inner;
+        for (int64_t i = 0; i < inner; ++i) {
+          const acc_t xmu = static_cast<acc_t>(xp[i]) - m;
+          const acc_t d = activation_grad<acc_t, kAct>(static_cast<acc_t>(dyp[i]), xmu, s, wc, bc);
+          gp[i] = static_cast<scalar_t>(kc * (d - mdy - xmu * pc));
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.outer, std::max<int64_t>(1, kGrainElements / channels), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* xp = x + r * channels;
+      const scalar_t* dyp = dy + r * channels;
+      scalar_t* gp = grad_input + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const acc_t xmu = static_cast<acc_t>(xp[c]) - mean[c];
+        const acc_t d = activation_grad<acc_t, kAct>(static_cast<acc_t>(dyp[c]), xmu, invstd[c], w[c], b[c]);
+        gp[c] = static_cast<scalar_t>(k[c] * (d - mean_dy[c] - xmu * proj[c]));
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename acc_t, Activation kAct>
 void backward_kernels(const scalar_t* dy, const scalar_t* x, scalar_t* grad_input, const acc_t* mean,
                       const acc_t* invstd, const acc_t* w, const acc_t* b, acc_t* sum_dy, acc_t* sum_dy_xmu,
                       bool training, const BatchNormGeometry& g) {
-  using Op = ActivationOp<kAct, acc_t>;
+  backward_sums<scalar_t, acc_t, kAct>(dy, x, mean, invstd, w, b, sum_dy, sum_dy_xmu, g);
   const int64_t channels = g.channels;
-  // dy' = dy * act'(y), y = (x - mean) * invstd * w + b recomputed.
-  auto activation_grad = [=](int64_t c, int64_t index, acc_t xmu) {
-    const acc_t d = static_cast<acc_t>(dy[index]);
-    if constexpr (kAct == Activation::kNone) {
-      return d;
-    } else {
-      return d * Op::derivative(xmu * invstd[c] * w[c] + b[c]);
-    }
-  };
-  channel_sums<acc_t>(g, sum_dy, sum_dy_xmu, [=](int64_t c, int64_t index) {
-    const acc_t xmu = static_cast<acc_t>(x[index]) - mean[c];
-    const acc_t dyp = activation_grad(c, index, xmu);
-    return std::pair<acc_t, acc_t>(dyp, dyp * xmu);
-  });
-  if (grad_input == nullptr) return;
-  // training: dx = w * invstd * (dy' - sum_dy / n - (x - mean) * invstd^2 * sum_dy_xmu / n)
-  // eval:     dx = w * invstd * dy'
   std::vector<acc_t> k(channels), mean_dy(channels, acc_t(0)), proj(channels, acc_t(0));
   const acc_t inv_count = acc_t(1) / static_cast<acc_t>(g.count());
   for (int64_t c = 0; c < channels; ++c) {
@@ -391,14 +438,8 @@ void backward_kernels(const scalar_t* dy, const scalar_t* x, scalar_t* grad_inpu
       proj[c] = sum_dy_xmu[c] * invstd[c] * invstd[c] * inv_count;
     }
   }
-  const acc_t* k_ptr = k.data();
-  const acc_t* mean_dy_ptr = mean_dy.data();
-  const acc_t* proj_ptr = proj.data();
-  parallel_elementwise(g, [=](int64_t c, int64_t index) {
-    const acc_t xmu = static_cast<acc_t>(x[index]) - mean[c];
-    const acc_t dyp = activation_grad(c, index, xmu);
-    grad_input[index] = static_cast<scalar_t>(k_ptr[c] * (dyp - mean_dy_ptr[c] - xmu * proj_ptr[c]));
-  });
+  backward_apply<scalar_t, acc_t, kAct>(dy, x, grad_input, mean, invstd, w, b, k.data(), mean_dy.data(), proj.data(),
+                                        g);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
