@@ -51,4 +51,16 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("shuffle_cat(Tensor a, Tensor b) -> Tensor");
   // The de-interleave: (grad_output[:, 0::2], grad_output[:, 1::2]), dense; its own op so it has its own fake.
   m.def("_shuffle_cat_backward(Tensor grad_output) -> (Tensor, Tensor)");
+  // batch_norm_act: F.batch_norm then the activation (None, "relu", "relu6", "hardswish", "silu"). Returns
+  // (output, save_mean, save_invstd) like aten's native_batch_norm: the batch statistics in training, the
+  // running ones in eval (both in float32, or float64 for float64 input). running_mean/running_var are
+  // updated in place in training, hence the (a!)/(b!) annotations (functionalization, torch.compile).
+  m.def(
+      "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, bool training, float momentum, float eps, str? activation) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Returns (grad_input, grad_weight, grad_bias); training selects the batch-statistics formula.
+  m.def(
+      "_batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor save_mean, Tensor save_invstd, bool training, str? activation) -> (Tensor, Tensor, Tensor)");
 }

@@ -129,3 +129,52 @@ def run_case(case: OpCase, device_type, public: Callable, reference: Callable, c
             gbps=case.bytes_moved / seconds / 1e9, max_abs_err=error,
         ))
     return rows
+
+
+# BatchNorm layers (channels, resolution) of a 224x224 input. MobileNetV2: expanded/projected widths of the
+# inverted residuals (relu6 after the expansion/depthwise BNs). ResNet-50: stem and bottleneck widths (relu).
+MOBILENET_V2_BN = ((32, 112), (96, 56), (144, 56), (192, 28), (384, 14), (576, 14), (960, 7))
+RESNET50_BN = ((64, 56), (256, 56), (512, 28), (1024, 14), (2048, 7))
+
+
+def batch_norm_act_train_step(forward):
+    """A training step through `forward` (batch_norm_act's signature plus the output gradient): forward,
+    then backward to input, weight and bias. Returns grad_input (what the bench compares)."""
+
+    def step(x, weight, bias, running_mean, running_var, training, momentum, eps, activation, grad_output):
+        x = x.detach().requires_grad_(True)
+        out = forward(x, weight, bias, running_mean, running_var, training, momentum, eps, activation)
+        grad_x, _, _ = torch.autograd.grad(out, (x, weight, bias), grad_output)
+        return grad_x
+
+    return step
+
+
+def batch_norm_act_cases(device, dtype, memory_format, batches, training) -> List[OpCase]:
+    """Eval: inputs of batch_norm_act (bytes: read x, write y). Training: the same plus the output gradient,
+    for batch_norm_act_train_step (bytes: statistics read, apply read + write, backward reduce reads x and
+    dy, apply reads x and dy and writes dx = 8 passes)."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    networks = [("mobilenet_v2", MOBILENET_V2_BN, "relu6"), ("resnet50", RESNET50_BN, "relu")]
+    for network, layers, activation in networks:
+        for channels, size in layers:
+            for batch in batches:
+                shape = (batch, channels, size, size)
+
+                def make(shape=shape, activation=activation):
+                    c = shape[1]
+                    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+                    params = dict(device=device, dtype=torch.float32)
+                    weight = torch.rand(c, **params).add_(0.5).requires_grad_(training)
+                    bias = torch.randn(c, **params).requires_grad_(training)
+                    args = (x, weight, bias, torch.zeros(c, **params), torch.ones(c, **params), training, 0.1, 1e-5,
+                            activation)
+                    return args + (torch.randn_like(x),) if training else args
+
+                numel = batch * channels * size * size
+                mode = "train fwd+bwd" if training else "eval fwd"
+                label = (f"{network} bn {channels}@{size}x{size} b{batch} {activation} {mode} "
+                         f"{layout_name(memory_format)} {dtype_name(dtype)}")
+                cases.append(OpCase("batch_norm_act", label, make, (8 if training else 2) * numel * element))
+    return cases

@@ -1,5 +1,6 @@
 """Drop-in modules: same constructor arguments and state_dict keys as their torch/torchvision namesakes."""
+from fastconv.nn.batchnorm import BatchNorm2d
 from fastconv.nn.conv_norm_act import Conv2dNormActivation, fold_bn
 from fastconv.nn.shuffle import ChannelShuffle
 
-__all__ = ["ChannelShuffle", "Conv2dNormActivation", "fold_bn"]
+__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2dNormActivation", "fold_bn"]

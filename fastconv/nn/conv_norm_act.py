@@ -1,10 +1,13 @@
 """Conv2d + BatchNorm2d + activation blocks: `fold_bn` and a drop-in `Conv2dNormActivation`."""
+import copy
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from fastconv.nn.batchnorm import batch_norm_module
 
 # Activation modules a fused op can apply in its epilogue, by the op's activation name.
 FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
@@ -16,29 +19,46 @@ _APPLY = {
 }
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+def fold_bn_parameters(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """The (weight, bias) of one convolution equal to ``bn(conv(x))`` with bn in eval mode.
 
-    weight = conv.weight * gamma / sqrt(running_var + eps) per output channel, and
-    bias = (conv.bias - running_mean) * gamma / sqrt(running_var + eps) + beta. Computed in float32 (or the
-    parameters' dtype if wider) and returned in conv.weight's dtype. Differentiable in the parameters.
+    weight = conv.weight * s per output channel and bias = (conv.bias - running_mean) * s + beta, with
+    s = gamma / sqrt(running_var + eps). Computed in float64, returned in conv.weight's dtype;
+    differentiable in the parameters.
     """
-    if not bn.track_running_stats or bn.running_mean is None:
-        raise ValueError("fold_bn: the BatchNorm has no running statistics (track_running_stats=False)")
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"fold_bn: conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"fold_bn: bn must be a BatchNorm module, got {type(bn).__name__}")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fold_bn: bn has no running statistics (track_running_stats=False): nothing to fold")
     if bn.num_features != conv.out_channels:
         raise ValueError(f"fold_bn: bn.num_features ({bn.num_features}) must equal conv.out_channels "
                          f"({conv.out_channels})")
-    dtype = torch.promote_types(conv.weight.dtype, torch.float32)
-    scale = torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
     if bn.weight is not None:
-        scale = scale * bn.weight.to(dtype)
-    shift = -bn.running_mean.to(dtype) * scale
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
     if conv.bias is not None:
-        shift = shift + conv.bias.to(dtype) * scale
+        shift = shift + conv.bias.double() * scale
     if bn.bias is not None:
-        shift = shift + bn.bias.to(dtype)
-    weight = conv.weight.to(dtype) * scale.reshape(-1, 1, 1, 1)
+        shift = shift + bn.bias.double()
+    weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
     return weight.to(conv.weight.dtype), shift.to(conv.weight.dtype)
+
+
+@torch.no_grad()
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` equal to ``bn(conv(x))`` with ``bn`` in eval mode (its running statistics), like
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval``; ``conv`` and ``bn`` are left untouched. The result always
+    has a bias. Works for any groups/stride/padding/dilation (the fold is per output channel). For
+    inference: training-mode BN normalises with batch statistics, which no convolution equals.
+    """
+    weight, bias = fold_bn_parameters(conv, bn)
+    fused = copy.deepcopy(conv)
+    fused.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+    fused.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
+    return fused
 
 
 def conv2d_activation(x, weight, bias, stride, padding, dilation, groups, activation: Optional[str]):
@@ -79,11 +99,11 @@ class FoldedConvBN:
                    if t is not None]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if needs_grad or torch.compiler.is_compiling():
-            return fold_bn(conv, bn)
+            return fold_bn_parameters(conv, bn)
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (bn.eps,)
         if key != self._key:
             with torch.no_grad():
-                self._value = fold_bn(conv, bn)
+                self._value = fold_bn_parameters(conv, bn)
             self._key = key
         return self._value
 
@@ -96,8 +116,11 @@ def can_fold(conv: nn.Module, bn: Optional[nn.Module]) -> bool:
 
 
 def conv_bn_act(x, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: Optional[str], fold: FoldedConvBN):
-    """act(bn(conv(x))): one fused convolution in eval (BN folded), the three layers in training."""
+    """act(bn(conv(x))): one fused convolution in eval (BN folded); in training the convolution, then BN
+    with the activation fused (fastconv.ops.batch_norm_act)."""
     if not can_fold(conv, bn):
+        if isinstance(bn, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d):
+            return batch_norm_module(bn, conv(x), activation)
         out = bn(conv(x))
         return out if activation is None else _APPLY[activation](out)
     weight, bias = fold(conv, bn)

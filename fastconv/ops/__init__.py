@@ -1,7 +1,8 @@
 """fastconv ops: each a custom op (``torch.ops.fastconv.*``) with autograd, a fake kernel and per-backend
 kernels, behind one public function that follows the backend switch (``fastconv.set_backend``)."""
 from fastconv.ops._registry import OPS
+from fastconv.ops.batch_norm_act import batch_norm_act
 from fastconv.ops.channel_shuffle import channel_shuffle
 from fastconv.ops.shuffle_cat import shuffle_cat
 
-__all__ = ["OPS", "channel_shuffle", "shuffle_cat"]
+__all__ = ["OPS", "batch_norm_act", "channel_shuffle", "shuffle_cat"]

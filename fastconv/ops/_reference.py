@@ -5,7 +5,16 @@ These are compositions of stock PyTorch operators (cuDNN/oneDNN underneath), wri
 import torch
 import torch.nn.functional as F
 
-from fastconv.ops._checks import check_channel_shuffle_args, check_shuffle_cat_args
+from fastconv.ops._checks import check_batch_norm_act_args, check_channel_shuffle_args, check_shuffle_cat_args
+
+# The activations fastconv fuses, as their stock functional forms.
+ACTIVATION_FUNCTIONS = {
+    None: lambda x: x,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+}
 
 
 def channel_shuffle(input, groups):
@@ -16,3 +25,9 @@ def channel_shuffle(input, groups):
 def shuffle_cat(a, b):
     check_shuffle_cat_args(a, b)
     return F.channel_shuffle(torch.cat([a, b], 1), 2)
+
+
+def batch_norm_act(input, weight, bias, running_mean, running_var, training, momentum, eps, activation):
+    check_batch_norm_act_args(input, weight, bias, running_mean, running_var, training, momentum, eps, activation)
+    out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    return ACTIVATION_FUNCTIONS[activation](out)

@@ -4,7 +4,8 @@ import torchvision
 from torch import nn
 
 import fastconv
-from fastconv.nn import Conv2dNormActivation, fold_bn
+from fastconv.nn import Conv2dNormActivation
+from fastconv.nn.conv_norm_act import fold_bn_parameters
 from tolerances import TOLERANCES
 
 RTOL, ATOL = TOLERANCES[torch.float32]
@@ -98,11 +99,11 @@ def test_fold_bn_float64():
     bn = nn.BatchNorm2d(5).double()
     randomize(bn)
     bn.eval()
-    weight, bias = fold_bn(conv, bn)
+    weight, bias = fold_bn_parameters(conv, bn)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(torch.nn.functional.conv2d(x, weight, bias), bn(conv(x)), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="must equal conv.out_channels"):
-        fold_bn(nn.Conv2d(3, 4, 1), bn)
+        fold_bn_parameters(nn.Conv2d(3, 4, 1), bn)
 
 
 def test_compile_fullgraph_eval():
