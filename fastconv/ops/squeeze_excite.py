@@ -79,13 +79,23 @@ def _save_backward_inputs(ctx, inputs, output):
     ctx.activation, ctx.gate = inputs[6], inputs[7]
 
 
+def _twice_differentiable(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate):
+    """The op as ATen ops that all have a double backward (F.hardsigmoid's backward has none)."""
+    scale = torch.nn.functional.adaptive_avg_pool2d(input, 1)
+    scale = torch.nn.functional.conv2d(scale, fc1_weight, fc1_bias)
+    scale = torch.relu(scale) if activation == "relu" else torch.nn.functional.silu(scale)
+    scale = torch.nn.functional.conv2d(scale, fc2_weight, fc2_bias)
+    scale = torch.sigmoid(scale) if gate == "sigmoid" else (scale / 6 + 0.5).clamp(0, 1)
+    return scale * input
+
+
 def _squeeze_excite_double_backward(ctx, *grad_grads):
     """Double backward (rare: gradient penalties, gradgradcheck) by differentiating the plain-ATen composition."""
     saved = ctx.saved_tensors
     with torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_(True) for t in saved]
         grad_output, input, fc1_weight, fc1_bias, fc2_weight, fc2_bias = leaves
-        out = _reference.squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, ctx.activation, ctx.gate)
+        out = _twice_differentiable(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, ctx.activation, ctx.gate)
         params = [input, fc1_weight, fc1_bias, fc2_weight, fc2_bias]
         present = [i for i, t in enumerate(params) if t is not None]
         first = torch.autograd.grad(out, [params[i] for i in present], grad_output, create_graph=True)
