@@ -182,7 +182,9 @@ namespace fastconv {
 //   Passes::pool(x, grad, sum_x, sum_grad_x, geometry): sum_x[n, c] = sum_hw x, and, when `grad` is
 //       defined, sum_grad_x[n, c] = sum_hw grad * x, both into zero-filled (N, C) opmath tensors;
 //   Passes::scale(x, scale, shift, out, geometry): out = x * scale[n, c] (+ shift[n, c] when defined),
-//       computed in opmath, stored in x's dtype.
+//       computed in opmath, stored in x's dtype;
+//   Passes::forward_scale(pooled, weights..., activation, gate): the gate s of the forward, (N, C) opmath
+//       (squeeze_mlp_forward(...).scale, or a device's own fused version).
 template <typename Passes>
 at::Tensor squeeze_excite_forward(const at::Tensor& input, const at::Tensor& fc1_weight,
                                   const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
@@ -195,9 +197,9 @@ at::Tensor squeeze_excite_forward(const at::Tensor& input, const at::Tensor& fc1
   const SqueezeGeometry geometry = squeeze_geometry(x);
   at::Tensor sums = at::zeros({geometry.batch, geometry.channels}, x.options().dtype(squeeze_opmath_type(x)));
   Passes::pool(x, at::Tensor(), sums, at::Tensor(), geometry);
-  const SqueezeMlp mlp = squeeze_mlp_forward(sums.div_(geometry.pixels), fc1_weight, fc1_bias, fc2_weight, fc2_bias,
-                                             parse_squeeze_activation(activation), parse_squeeze_gate(gate));
-  Passes::scale(x, mlp.scale, at::Tensor(), out, geometry);
+  const at::Tensor scale = Passes::forward_scale(sums.div_(geometry.pixels), fc1_weight, fc1_bias, fc2_weight,
+                                                 fc2_bias, parse_squeeze_activation(activation), parse_squeeze_gate(gate));
+  Passes::scale(x, scale, at::Tensor(), out, geometry);
   return in_input_layout(out, input);
 }
 

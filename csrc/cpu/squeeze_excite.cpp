@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace fastconv {
 namespace {
@@ -43,6 +44,22 @@ bool use_avx2() {
 }
 
 struct CpuPasses {
+  // Below this batch the gate MLP runs as fused dot products; above, ATen's GEMMs reuse the weights better.
+  static constexpr int64_t kSmallBatch = 4;
+
+  static at::Tensor forward_scale(const at::Tensor& pooled, const at::Tensor& fc1_weight,
+                                  const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
+                                  const std::optional<at::Tensor>& fc2_bias, SqueezeActivation activation,
+                                  SqueezeGate gate) {
+    if (pooled.size(0) > kSmallBatch) {
+      return squeeze_mlp_forward(pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate).scale;
+    }
+#ifdef FASTCONV_SE_AVX2
+    if (use_avx2()) return avx2::IsaGate::forward(pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
+#endif
+    return baseline::IsaGate::forward(pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
+  }
+
   static void pool(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& sum_x, const at::Tensor& sum_gx,
                    const SqueezeGeometry& geo) {
 #ifdef FASTCONV_SE_AVX2

@@ -172,6 +172,13 @@ void launch_pool(const scalar_t* x, const scalar_t* grad, acc_t* sum_x, acc_t* s
 }
 
 struct CudaPasses {
+  static at::Tensor forward_scale(const at::Tensor& pooled, const at::Tensor& fc1_weight,
+                                  const std::optional<at::Tensor>& fc1_bias, const at::Tensor& fc2_weight,
+                                  const std::optional<at::Tensor>& fc2_bias, SqueezeActivation activation,
+                                  SqueezeGate gate) {
+    return squeeze_mlp_forward(pooled, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate).scale;
+  }
+
   static void pool(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& sum_x, const at::Tensor& sum_gx,
                    const SqueezeGeometry& geo) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "squeeze_excite_pool_cuda", [&] {

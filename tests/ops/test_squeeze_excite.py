@@ -47,6 +47,7 @@ SAMPLES = [
     se_sample((0, 8, 3, 3), 2, "batch0"),
     se_sample((1, 150, 3, 3), 10, "c150-channel-blocks", activation="silu", gate="hardsigmoid"),
     se_sample((1, 6, 37, 41), 3, "large-plane"),
+    se_sample((6, 12, 3, 3), 4, "batch6-gemm-gate", activation="silu", gate="hardsigmoid"),  # CPU: ATen GEMMs past batch 4
 ]
 IDS = [s.name for s in SAMPLES]
 BACKENDS = runnable("squeeze_excite")
