@@ -63,4 +63,14 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "_batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor save_mean, Tensor save_invstd, bool training, str? activation) -> (Tensor, Tensor, Tensor)");
+  // squeeze_excite: equals torchvision.ops.SqueezeExcitation's forward (pool, fc1, activation, fc2, gate,
+  // scale) with the fc weights of its two 1x1 convolutions; output keeps the input's memory format.
+  m.def(
+      "squeeze_excite(Tensor input, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, Tensor? fc2_bias, "
+      "str activation=\"relu\", str gate=\"sigmoid\") -> Tensor");
+  // Gradients for (input, fc1_weight, fc1_bias, fc2_weight, fc2_bias); a bias gradient is None when that
+  // bias is None. Recomputes the pooled means in the same pass that reduces grad_output * input.
+  m.def(
+      "_squeeze_excite_backward(Tensor grad_output, Tensor input, Tensor fc1_weight, Tensor? fc1_bias, "
+      "Tensor fc2_weight, Tensor? fc2_bias, str activation, str gate) -> (Tensor, Tensor, Tensor?, Tensor, Tensor?)");
 }

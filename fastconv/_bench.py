@@ -177,4 +177,46 @@ def batch_norm_act_cases(device, dtype, memory_format, batches, training) -> Lis
                 label = (f"{network} bn {channels}@{size}x{size} b{batch} {activation} {mode} "
                          f"{layout_name(memory_format)} {dtype_name(dtype)}")
                 cases.append(OpCase("batch_norm_act", label, make, (8 if training else 2) * numel * element))
+
+
+# Squeeze-and-Excitation blocks of the real networks at a 224x224 input: (channels, H = W, squeeze channels).
+# SE-ResNet-50 (Hu et al. 2018): one SE per bottleneck on its 4x-expanded output, reduction 16.
+SE_RESNET50_BLOCKS = tuple((c, s, c // 16) for c, s in ((256, 56), (512, 28), (1024, 14), (2048, 7)))
+# MobileNetV3-Large (torchvision): SE on the expanded depthwise output, squeeze = make_divisible(C / 4, 8).
+MOBILENET_V3_LARGE_SE_BLOCKS = ((72, 28, 24), (120, 28, 32), (480, 14, 120), (672, 14, 168), (672, 7, 168),
+                                (960, 7, 240))
+# EfficientNet-B0 (torchvision): SE on the expanded output, squeeze = block input channels / 4.
+EFFICIENTNET_B0_SE_BLOCKS = ((32, 112, 8), (96, 56, 4), (144, 56, 6), (240, 28, 10), (480, 14, 20), (672, 14, 28),
+                             (1152, 7, 48))
+# network -> (blocks, activation, gate)
+SQUEEZE_EXCITE_NETWORKS = {
+    "se_resnet50": (SE_RESNET50_BLOCKS, "relu", "sigmoid"),
+    "mobilenet_v3_large": (MOBILENET_V3_LARGE_SE_BLOCKS, "relu", "hardsigmoid"),
+    "efficientnet_b0": (EFFICIENTNET_B0_SE_BLOCKS, "silu", "sigmoid"),
+}
+
+
+def squeeze_excite_cases(device, dtype, memory_format, batches, networks=tuple(SQUEEZE_EXCITE_NETWORKS)) -> List[OpCase]:
+    """bytes_moved = the three-pass bound: read x to pool, read x again and write out to scale."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    for network in networks:
+        blocks, activation, gate = SQUEEZE_EXCITE_NETWORKS[network]
+        for channels, size, squeeze in blocks:
+            for batch in batches:
+                shape = (batch, channels, size, size)
+
+                def make(shape=shape, squeeze=squeeze, activation=activation, gate=gate):
+                    channels = shape[1]
+                    options = dict(device=device, dtype=dtype)
+                    x = torch.randn(shape, **options).contiguous(memory_format=memory_format)
+                    fc1_weight = torch.randn(squeeze, channels, 1, 1, **options) / channels**0.5
+                    fc2_weight = torch.randn(channels, squeeze, 1, 1, **options) / squeeze**0.5
+                    return (x, fc1_weight, torch.randn(squeeze, **options), fc2_weight, torch.randn(channels, **options),
+                            activation, gate)
+
+                numel = batch * channels * size * size
+                label = (f"{network} se C={channels} Cr={squeeze} {list(shape)} {layout_name(memory_format)} "
+                         f"{dtype_name(dtype)}")
+                cases.append(OpCase("squeeze_excite", label, make, 3 * numel * element))
     return cases

@@ -2,5 +2,6 @@
 from fastconv.nn.batchnorm import BatchNorm2d
 from fastconv.nn.conv_norm_act import Conv2dNormActivation, fold_bn
 from fastconv.nn.shuffle import ChannelShuffle
+from fastconv.nn.squeeze_excite import SqueezeExcitation
 
-__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2dNormActivation", "fold_bn"]
+__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2dNormActivation", "SqueezeExcitation", "fold_bn"]

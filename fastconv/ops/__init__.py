@@ -4,5 +4,6 @@ from fastconv.ops._registry import OPS
 from fastconv.ops.batch_norm_act import batch_norm_act
 from fastconv.ops.channel_shuffle import channel_shuffle
 from fastconv.ops.shuffle_cat import shuffle_cat
+from fastconv.ops.squeeze_excite import squeeze_excite
 
-__all__ = ["OPS", "batch_norm_act", "channel_shuffle", "shuffle_cat"]
+__all__ = ["OPS", "batch_norm_act", "channel_shuffle", "shuffle_cat", "squeeze_excite"]

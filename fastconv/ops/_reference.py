@@ -5,7 +5,12 @@ These are compositions of stock PyTorch operators (cuDNN/oneDNN underneath), wri
 import torch
 import torch.nn.functional as F
 
-from fastconv.ops._checks import check_batch_norm_act_args, check_channel_shuffle_args, check_shuffle_cat_args
+from fastconv.ops._checks import (
+    check_batch_norm_act_args,
+    check_channel_shuffle_args,
+    check_shuffle_cat_args,
+    check_squeeze_excite_args,
+)
 
 # The activations fastconv fuses, as their stock functional forms.
 ACTIVATION_FUNCTIONS = {
@@ -15,6 +20,7 @@ ACTIVATION_FUNCTIONS = {
     "hardswish": F.hardswish,
     "silu": F.silu,
 }
+
 
 
 def channel_shuffle(input, groups):
@@ -31,3 +37,16 @@ def batch_norm_act(input, weight, bias, running_mean, running_var, training, mom
     check_batch_norm_act_args(input, weight, bias, running_mean, running_var, training, momentum, eps, activation)
     out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     return ACTIVATION_FUNCTIONS[activation](out)
+
+
+_SQUEEZE_ACTIVATIONS = {"relu": F.relu, "silu": F.silu}
+_SQUEEZE_GATES = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}
+
+
+def squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu", gate="sigmoid"):
+    """torchvision.ops.SqueezeExcitation's forward: five ATen ops (pool, conv, act, conv, gate) + the scale."""
+    check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate)
+    scale = F.adaptive_avg_pool2d(input, 1)
+    scale = _SQUEEZE_ACTIVATIONS[activation](F.conv2d(scale, fc1_weight, fc1_bias))
+    scale = _SQUEEZE_GATES[gate](F.conv2d(scale, fc2_weight, fc2_bias))
+    return scale * input

@@ -1,0 +1,41 @@
+import torch
+import torchvision
+
+from fastconv import ops
+
+_ACTIVATIONS = {torch.nn.ReLU: "relu", torch.nn.SiLU: "silu"}
+_GATES = {torch.nn.Sigmoid: "sigmoid", torch.nn.Hardsigmoid: "hardsigmoid"}
+
+
+def _op_name(table, module_class, argument):
+    if module_class not in table:
+        names = ", ".join(f"torch.nn.{cls.__name__}" for cls in table)
+        raise ValueError(f"fastconv.nn.SqueezeExcitation: {argument} must be one of {names}, got {module_class!r}")
+    return table[module_class]
+
+
+class SqueezeExcitation(torchvision.ops.SqueezeExcitation):
+    """Drop-in for ``torchvision.ops.SqueezeExcitation`` (same arguments, submodules and state_dict keys:
+    fc1.weight, fc1.bias, fc2.weight, fc2.bias) running ``fastconv.ops.squeeze_excite``.
+
+    ``activation`` must be ``torch.nn.ReLU`` or ``torch.nn.SiLU`` and ``scale_activation`` ``torch.nn.Sigmoid``
+    or ``torch.nn.Hardsigmoid`` (the SE-ResNet, EfficientNet and MobileNetV3 choices).
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        squeeze_channels: int,
+        activation=torch.nn.ReLU,
+        scale_activation=torch.nn.Sigmoid,
+    ) -> None:
+        activation_name = _op_name(_ACTIVATIONS, activation, "activation")
+        gate_name = _op_name(_GATES, scale_activation, "scale_activation")
+        super().__init__(input_channels, squeeze_channels, activation, scale_activation)
+        self._activation_name = activation_name
+        self._gate_name = gate_name
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.squeeze_excite(
+            input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self._activation_name, self._gate_name
+        )
