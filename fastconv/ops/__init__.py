@@ -2,5 +2,6 @@
 kernels, behind one public function that follows the backend switch (``fastconv.set_backend``)."""
 from fastconv.ops._registry import OPS
 from fastconv.ops.channel_shuffle import channel_shuffle
+from fastconv.ops.depthwise_conv2d import depthwise_conv2d
 
-__all__ = ["OPS", "channel_shuffle"]
+__all__ = ["OPS", "channel_shuffle", "depthwise_conv2d"]
