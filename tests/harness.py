@@ -90,6 +90,7 @@ class OpHarness:
         reference64: Callable,
         exact: bool = False,
         interpreter_bf16: bool = False,
+        output_strides: Optional[Callable] = None,
     ):
         """
         name: the op's name in fastconv.ops.OPS.
@@ -98,12 +99,15 @@ class OpHarness:
         exact: results must be bit-identical (data movement).
         interpreter_bf16: the Triton path is correct for bfloat16 under the interpreter (it moves bits
             only); otherwise bf16 Triton cases are skipped on CPU, as the interpreter computes bf16 wrongly.
+        output_strides: output_strides(first_layout_arg, out) -> the strides `out` must have; default
+            torch.empty_like(first_layout_arg).stride() (elementwise-shaped ops).
         """
         self.name = name
         self.public = public
         self.reference64 = reference64
         self.exact = exact
         self.interpreter_bf16 = interpreter_bf16
+        self.output_strides = output_strides
 
     def _skip_unsupported(self, backend, device, dtype):
         if backend == "triton" and device == "cpu" and dtype == torch.bfloat16 and not self.interpreter_bf16:
@@ -122,7 +126,8 @@ class OpHarness:
         assert out.shape == expected.shape
         first = args[sample.layout_args[0]]
         if backend != "reference" and first.dim() == 4:
-            assert out.stride() == torch.empty_like(first).stride(), "output must keep the input's memory format"
+            want = self.output_strides(first, out) if self.output_strides else torch.empty_like(first).stride()
+            assert out.stride() == want, "output must keep the input's memory format"
         rtol, atol = tolerance(dtype, self.exact)
         torch.testing.assert_close(out.double(), expected.double(), rtol=rtol, atol=atol)
         return out

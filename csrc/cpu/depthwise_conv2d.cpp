@@ -82,8 +82,8 @@ std::vector<acc_t> bias_as_acc(const std::optional<at::Tensor>& bias, int64_t ou
 }
 
 // ---------------------------------------------------------------------------------------------- forward
-template <typename scalar_t, typename acc_t>
-void forward_nchw(const scalar_t* in, scalar_t* out, const acc_t* w, const acc_t* bias, const DepthwiseGeometry& g,
+template <typename scalar_t, typename acc_t, typename out_t>
+void forward_nchw(const scalar_t* in, out_t* out, const acc_t* w, const acc_t* bias, const DepthwiseGeometry& g,
                   Activation act) {
   const int64_t taps = g.taps();
   at::parallel_for(0, g.batch * g.out_channels, grain_for(g.out_h * g.out_w * taps), [&](int64_t begin, int64_t end) {
@@ -92,7 +92,7 @@ void forward_nchw(const scalar_t* in, scalar_t* out, const acc_t* w, const acc_t
       const int64_t n = plane / g.out_channels;
       const int64_t o = plane - n * g.out_channels;
       const scalar_t* in_plane = in + (n * g.channels + o / g.multiplier) * g.in_h * g.in_w;
-      scalar_t* out_plane = out + plane * g.out_h * g.out_w;
+      out_t* out_plane = out + plane * g.out_h * g.out_w;
       const acc_t* w_o = w + o * taps;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         std::fill(row.begin(), row.end(), bias[o]);
@@ -115,15 +115,15 @@ void forward_nchw(const scalar_t* in, scalar_t* out, const acc_t* w, const acc_t
             }
           }
         }
-        scalar_t* out_row = out_plane + oh * g.out_w;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) out_row[ow] = static_cast<scalar_t>(apply_activation(act, acc[ow]));
+        out_t* out_row = out_plane + oh * g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) out_row[ow] = static_cast<out_t>(apply_activation(act, acc[ow]));
       }
     }
   });
 }
 
-template <typename scalar_t, typename acc_t>
-void forward_channels_last(const scalar_t* in, scalar_t* out, const acc_t* w_taps_major, const acc_t* bias,
+template <typename scalar_t, typename acc_t, typename out_t>
+void forward_channels_last(const scalar_t* in, out_t* out, const acc_t* w_taps_major, const acc_t* bias,
                            const DepthwiseGeometry& g, Activation act) {
   const int64_t oc = g.out_channels;
   const int64_t c_in = g.channels;
@@ -153,13 +153,13 @@ void forward_channels_last(const scalar_t* in, scalar_t* out, const acc_t* w_tap
           }
         }
       }
-      scalar_t* out_row = out + task * g.out_w * oc;
-      for (int64_t k = 0; k < g.out_w * oc; ++k) out_row[k] = static_cast<scalar_t>(apply_activation(act, row[k]));
+      out_t* out_row = out + task * g.out_w * oc;
+      for (int64_t k = 0; k < g.out_w * oc; ++k) out_row[k] = static_cast<out_t>(apply_activation(act, row[k]));
     }
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename out_t>
 void forward_kernel(const at::Tensor& in, at::Tensor& out, const at::Tensor& weight,
                     const std::optional<at::Tensor>& bias, const DepthwiseGeometry& g, Activation act,
                     bool channels_last) {
@@ -167,24 +167,33 @@ void forward_kernel(const at::Tensor& in, at::Tensor& out, const at::Tensor& wei
   const std::vector<acc_t> w = weight_as_acc<scalar_t, acc_t>(weight, g, channels_last);
   const std::vector<acc_t> b = bias_as_acc<scalar_t, acc_t>(bias, g.out_channels);
   if (channels_last) {
-    forward_channels_last(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.data(), b.data(), g, act);
+    forward_channels_last(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<out_t>(), w.data(), b.data(), g, act);
   } else {
-    forward_nchw(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), w.data(), b.data(), g, act);
+    forward_nchw(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<out_t>(), w.data(), b.data(), g, act);
   }
 }
 
+// accumulate_output: write the accumulation dtype (float, double for float64) instead of the input's; the
+// backward uses it to recompute the pre-activation without rounding it to half precision.
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, Activation act) {
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, Activation act,
+                        bool accumulate_output = false) {
   const DepthwiseGeometry g = check_depthwise_conv2d_args(input, weight, bias, stride, padding, dilation);
   const at::MemoryFormat format = depthwise_memory_format(input);
-  at::Tensor output =
-      at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(format));
+  const at::ScalarType out_dtype = accumulate_output ? at::toOpMathType(input.scalar_type()) : input.scalar_type();
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                                input.options().dtype(out_dtype).memory_format(format));
   if (output.numel() == 0) return output;
   // The kernels index a dense tensor of the chosen format; a no-op unless the input is a strided view
   // (which would need a gather per tap otherwise).
   const at::Tensor in = input.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
-    forward_kernel<scalar_t>(in, output, weight, bias, g, act, format == at::MemoryFormat::ChannelsLast);
+    const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+    if (accumulate_output) {
+      forward_kernel<scalar_t, at::opmath_type<scalar_t>>(in, output, weight, bias, g, act, channels_last);
+    } else {
+      forward_kernel<scalar_t, scalar_t>(in, output, weight, bias, g, act, channels_last);
+    }
   });
   return output;
 }
@@ -209,14 +218,22 @@ at::Tensor preactivation_grad(const at::Tensor& grad_output, const at::Tensor& v
                                               .memory_format(format));
   const at::Tensor value_dense = act == Activation::kNone ? at::Tensor() : value.contiguous(format);
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
-  const scalar_t* v = value_dense.defined() ? value_dense.const_data_ptr<scalar_t>() : nullptr;
   acc_t* dst = out.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, grad.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const acc_t factor = v ? activation_derivative(act, static_cast<acc_t>(v[k])) : acc_t(1);
-      dst[k] = static_cast<acc_t>(g[k]) * factor;
-    }
-  });
+  const auto apply = [&](auto* v) {  // v: scalar_t (forward output) or acc_t (recomputed pre-activation)
+    at::parallel_for(0, grad.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const acc_t factor = v ? activation_derivative(act, static_cast<acc_t>(v[k])) : acc_t(1);
+        dst[k] = static_cast<acc_t>(g[k]) * factor;
+      }
+    });
+  };
+  if (!value_dense.defined()) {
+    apply(static_cast<const scalar_t*>(nullptr));
+  } else if (value_dense.scalar_type() == grad.scalar_type()) {
+    apply(value_dense.const_data_ptr<scalar_t>());
+  } else {
+    apply(value_dense.const_data_ptr<acc_t>());
+  }
   return out;
 }
 
@@ -437,7 +454,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
   // hardswish/silu: recompute the pre-activation (one cheap depthwise pass) rather than keep a second
   // activation-sized tensor alive from the forward; relu/relu6 read the forward output.
   const at::Tensor value = derivative_needs_preactivation(act)
-                               ? forward_impl(*input, weight, bias, stride, padding, dilation, Activation::kNone)
+                               ? forward_impl(*input, weight, bias, stride, padding, dilation, Activation::kNone,
+                                              /*accumulate_output=*/true)
                                : (act == Activation::kNone ? at::Tensor() : *output);
   // Dense in the gradient's layout (a no-op for the usual dense input); only read for grad_weight.
   const at::Tensor in = grad_weight.defined() ? input->contiguous(format) : at::Tensor();

@@ -56,7 +56,7 @@ def _memory_format(tensor):
 
 def _forward_fake(input, weight, bias, stride, padding, dilation, activation):
     out_shape = check_depthwise_conv2d_args(input, weight, bias, stride, padding, dilation, activation)
-    return input.new_empty(out_shape, memory_format=_memory_format(input))
+    return torch.empty(out_shape, dtype=input.dtype, device=input.device, memory_format=_memory_format(input))
 
 
 def _backward_fake(grad_output, input, weight, bias, output, input_size, stride, padding, dilation, activation,
@@ -64,7 +64,8 @@ def _backward_fake(grad_output, input, weight, bias, output, input_size, stride,
     check_depthwise_conv2d_backward_args(grad_output, input, weight, bias, output, input_size, stride, padding,
                                          dilation, activation, output_mask)
     layout = _memory_format(input if input is not None else grad_output)
-    grad_input = weight.new_empty(input_size, memory_format=layout) if output_mask[0] else None
+    grad_input = (torch.empty(input_size, dtype=weight.dtype, device=weight.device, memory_format=layout)
+                  if output_mask[0] else None)
     grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
     grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias
@@ -104,9 +105,10 @@ def _make_forward_grad(backward_op):
     return grad
 
 
-def _setup_backward(ctx, inputs, outputs):
-    grad_output, input, weight, bias, output, input_size, stride, padding, dilation, activation, mask = inputs
-    ctx.save_for_backward(grad_output, input, weight, bias, output)
+def _setup_backward(ctx, inputs, output):
+    del output  # the gradients; the double backward rebuilds them from the inputs
+    grad_output, input, weight, bias, forward_output, input_size, stride, padding, dilation, activation, mask = inputs
+    ctx.save_for_backward(grad_output, input, weight, bias, forward_output)
     ctx.input_size = input_size
     ctx.conv_args = (stride, padding, dilation, activation)
     ctx.output_mask = mask
