@@ -266,3 +266,24 @@ def test_backward_op_rejects_bad_grad_output():
     with pytest.raises(RuntimeError, match="output .* is required for relu"):
         torch.ops.fastconv._depthwise_conv2d_backward(torch.randn(2, 4, 8, 8), X, W, None, None, [2, 4, 8, 8],
                                                       [1, 1], [1, 1, 1, 1], [1, 1], "relu", [True, True, False])
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),
+    dict(in_channels=4, out_channels=8, kernel_size=(1, 5), stride=2, padding="valid", groups=4, bias=False),
+    dict(in_channels=4, out_channels=4, kernel_size=4, padding="same", dilation=2, groups=4),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),  # dense: torch's own forward
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4, padding_mode="reflect"),
+])
+def test_conv2d_module_is_a_drop_in(kwargs):
+    torch_conv = torch.nn.Conv2d(**kwargs)
+    conv = fastconv.nn.Conv2d(**kwargs)
+    conv.load_state_dict(torch_conv.state_dict(), strict=True)
+    assert conv.state_dict().keys() == torch_conv.state_dict().keys()
+    assert conv.is_depthwise() == (kwargs.get("groups", 1) == kwargs["in_channels"]
+                                   and kwargs.get("padding_mode", "zeros") == "zeros")
+    x = torch.randn(2, kwargs["in_channels"], 11, 10, requires_grad=True)
+    got, want = conv(x), torch_conv(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), conv.weight)[0],
+                               torch.autograd.grad(want.sum(), torch_conv.weight)[0], rtol=1e-4, atol=1e-4)
