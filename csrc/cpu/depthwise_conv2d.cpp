@@ -82,7 +82,64 @@ std::vector<acc_t> bias_as_acc(const std::optional<at::Tensor>& bias, int64_t ou
 }
 
 // ---------------------------------------------------------------------------------------------- forward
-template <typename scalar_t, typename acc_t, typename out_t>
+// acc[ow] += sum_j w_row[j] * in_row[ow * stride_w - (pad_left - j * dilation_w)] for one kernel row.
+// kKernelW > 0: the taps of the row are fused in one pass over the output pixels where all of them are in
+// bounds (the accumulator is loaded and stored once, the compiler vectorises over ow), with tap-by-tap edges.
+// kKernelW == 0: tap by tap (any kernel width).
+template <int kKernelW, typename scalar_t, typename acc_t>
+inline void accumulate_kernel_row(acc_t* __restrict__ acc, const scalar_t* __restrict__ in_row,
+                                  const acc_t* __restrict__ w_row, const DepthwiseGeometry& g) {
+  const int64_t kernel_w = kKernelW > 0 ? kKernelW : g.kernel_w;
+  const int64_t sw = g.stride_w;
+  const auto tap_by_tap = [&](int64_t j, int64_t lo, int64_t hi) {
+    const int64_t offset = g.pad_left - j * g.dilation_w;  // iw = ow * stride - offset
+    const acc_t wv = w_row[j];
+    if (sw == 1) {
+      const scalar_t* __restrict__ src = in_row - offset;
+      for (int64_t ow = lo; ow < hi; ++ow) acc[ow] += wv * static_cast<acc_t>(src[ow]);
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) acc[ow] += wv * static_cast<acc_t>(in_row[ow * sw - offset]);
+    }
+  };
+  if constexpr (kKernelW == 0) {
+    for (int64_t j = 0; j < kernel_w; ++j) {
+      const TapRange r = tap_range(g.pad_left - j * g.dilation_w, sw, g.in_w, g.out_w);
+      tap_by_tap(j, r.lo, r.hi);
+    }
+  } else {
+    int64_t lo = 0, hi = g.out_w;
+    for (int64_t j = 0; j < kKernelW; ++j) {
+      const TapRange r = tap_range(g.pad_left - j * g.dilation_w, sw, g.in_w, g.out_w);
+      lo = std::max(lo, r.lo);
+      hi = std::min(hi, r.hi);
+    }
+    if (lo >= hi) return accumulate_kernel_row<0>(acc, in_row, w_row, g);
+    for (int64_t j = 0; j < kKernelW; ++j) {  // edges: [r.lo, lo) and [hi, r.hi), interior excluded
+      const TapRange r = tap_range(g.pad_left - j * g.dilation_w, sw, g.in_w, g.out_w);
+      tap_by_tap(j, r.lo, lo);
+      tap_by_tap(j, hi, r.hi);
+    }
+    acc_t w[kKernelW];
+    for (int j = 0; j < kKernelW; ++j) w[j] = w_row[j];
+    const int64_t dw = g.dilation_w;
+    const scalar_t* __restrict__ base = in_row - g.pad_left;  // base[ow * sw + j * dw] for interior ow
+    if (sw == 1) {
+      for (int64_t ow = lo; ow < hi; ++ow) {
+        acc_t s = acc[ow];
+        for (int j = 0; j < kKernelW; ++j) s += w[j] * static_cast<acc_t>(base[ow + j * dw]);
+        acc[ow] = s;
+      }
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) {
+        acc_t s = acc[ow];
+        for (int j = 0; j < kKernelW; ++j) s += w[j] * static_cast<acc_t>(base[ow * sw + j * dw]);
+        acc[ow] = s;
+      }
+    }
+  }
+}
+
+template <int kKernelW, typename scalar_t, typename acc_t, typename out_t>
 void forward_nchw(const scalar_t* in, out_t* out, const acc_t* w, const acc_t* bias, const DepthwiseGeometry& g,
                   Activation act) {
   const int64_t taps = g.taps();
@@ -100,20 +157,7 @@ void forward_nchw(const scalar_t* in, out_t* out, const acc_t* w, const acc_t* b
         for (int64_t i = 0; i < g.kernel_h; ++i) {
           const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dilation_h;
           if (ih < 0 || ih >= g.in_h) continue;
-          const scalar_t* __restrict__ in_row = in_plane + ih * g.in_w;
-          for (int64_t j = 0; j < g.kernel_w; ++j) {
-            const int64_t offset = g.pad_left - j * g.dilation_w;  // iw = ow * stride - offset
-            const TapRange r = tap_range(offset, g.stride_w, g.in_w, g.out_w);
-            const acc_t wv = w_o[i * g.kernel_w + j];
-            if (g.stride_w == 1) {
-              const scalar_t* __restrict__ src = in_row - offset;
-              for (int64_t ow = r.lo; ow < r.hi; ++ow) acc[ow] += wv * static_cast<acc_t>(src[ow]);
-            } else {
-              for (int64_t ow = r.lo; ow < r.hi; ++ow) {
-                acc[ow] += wv * static_cast<acc_t>(in_row[ow * g.stride_w - offset]);
-              }
-            }
-          }
+          accumulate_kernel_row<kKernelW>(acc, in_plane + ih * g.in_w, w_o + i * g.kernel_w, g);
         }
         out_t* out_row = out_plane + oh * g.out_w;
         for (int64_t ow = 0; ow < g.out_w; ++ow) out_row[ow] = static_cast<out_t>(apply_activation(act, acc[ow]));
@@ -123,38 +167,63 @@ void forward_nchw(const scalar_t* in, out_t* out, const acc_t* w, const acc_t* b
 }
 
 template <typename scalar_t, typename acc_t, typename out_t>
+void forward_nchw(const scalar_t* in, out_t* out, const acc_t* w, const acc_t* bias, const DepthwiseGeometry& g,
+                  Activation act) {
+  switch (g.kernel_w) {  // MobileNet/ShuffleNet 3x3, EfficientNet 5x5, 7x7 ConvNeXt-style; else tap by tap
+    case 3: return forward_nchw<3>(in, out, w, bias, g, act);
+    case 5: return forward_nchw<5>(in, out, w, bias, g, act);
+    case 7: return forward_nchw<7>(in, out, w, bias, g, act);
+    default: return forward_nchw<0>(in, out, w, bias, g, act);
+  }
+}
+
+template <typename scalar_t, typename acc_t, typename out_t>
 void forward_channels_last(const scalar_t* in, out_t* out, const acc_t* w_taps_major, const acc_t* bias,
                            const DepthwiseGeometry& g, Activation act) {
+  using Vec = at::vec::Vectorized<acc_t>;
   const int64_t oc = g.out_channels;
   const int64_t c_in = g.channels;
   const int64_t m = g.multiplier;
   at::parallel_for(0, g.batch * g.out_h, grain_for(g.out_w * oc * g.taps()), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row(g.out_w * oc);
+    std::vector<acc_t> pixel_acc(oc);
+    acc_t* acc = pixel_acc.data();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / g.out_h;
       const int64_t oh = task - n * g.out_h;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) std::copy(bias, bias + oc, row.begin() + ow * oc);
-      for (int64_t i = 0; i < g.kernel_h; ++i) {
-        const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dilation_h;
-        if (ih < 0 || ih >= g.in_h) continue;
-        const scalar_t* in_row = in + (n * g.in_h + ih) * g.in_w * c_in;
-        for (int64_t j = 0; j < g.kernel_w; ++j) {
-          const int64_t offset = g.pad_left - j * g.dilation_w;
-          const TapRange r = tap_range(offset, g.stride_w, g.in_w, g.out_w);
-          const acc_t* w_tap = w_taps_major + (i * g.kernel_w + j) * oc;
-          for (int64_t ow = r.lo; ow < r.hi; ++ow) {
-            const scalar_t* pixel = in_row + (ow * g.stride_w - offset) * c_in;
-            acc_t* acc = row.data() + ow * oc;
-            if (m == 1) {
-              multiply_accumulate(acc, w_tap, pixel, oc);
-            } else {
-              for (int64_t o = 0; o < oc; ++o) acc[o] += w_tap[o] * static_cast<acc_t>(pixel[o / m]);
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        // Each channel vector accumulates every tap in a register: one store per output pixel.
+        int64_t c = 0;
+        const auto accumulate_taps = [&](auto&& body) {
+          for (int64_t i = 0; i < g.kernel_h; ++i) {
+            const int64_t ih = oh * g.stride_h - g.pad_top + i * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const scalar_t* in_row = in + (n * g.in_h + ih) * g.in_w * c_in;
+            for (int64_t j = 0; j < g.kernel_w; ++j) {
+              const int64_t iw = ow * g.stride_w - g.pad_left + j * g.dilation_w;
+              if (iw < 0 || iw >= g.in_w) continue;
+              body(w_taps_major + (i * g.kernel_w + j) * oc, in_row + iw * c_in);
             }
           }
+        };
+        if (m == 1) {
+          for (; c + Vec::size() <= oc; c += Vec::size()) {
+            Vec s = Vec::loadu(bias + c);
+            accumulate_taps([&](const acc_t* w_tap, const scalar_t* pixel) {
+              s = at::vec::fmadd(Vec::loadu(w_tap + c), load_as<acc_t>(pixel + c), s);
+            });
+            s.store(acc + c);
+          }
         }
+        if (c < oc) {  // channel tail, or every channel when m > 1
+          const int64_t first = c;
+          std::copy(bias + first, bias + oc, acc + first);
+          accumulate_taps([&](const acc_t* w_tap, const scalar_t* pixel) {
+            for (int64_t o = first; o < oc; ++o) acc[o] += w_tap[o] * static_cast<acc_t>(pixel[o / m]);
+          });
+        }
+        out_t* out_pixel = out + (task * g.out_w + ow) * oc;
+        for (int64_t o = 0; o < oc; ++o) out_pixel[o] = static_cast<out_t>(apply_activation(act, acc[o]));
       }
-      out_t* out_row = out + task * g.out_w * oc;
-      for (int64_t k = 0; k < g.out_w * oc; ++k) out_row[k] = static_cast<out_t>(apply_activation(act, row[k]));
     }
   });
 }
