@@ -4,6 +4,7 @@
 // native_batch_norm, so the backward never recomputes statistics.
 #pragma once
 
+#include <fastconv/activation.h>
 #include <fastconv/layout.h>
 
 #include <ATen/ATen.h>
@@ -22,15 +23,14 @@
 
 namespace fastconv {
 
-enum class Activation { kNone, kReLU, kReLU6, kHardswish, kSiLU };
 
 inline Activation parse_activation(const std::optional<c10::string_view>& name) {
   if (!name.has_value()) return Activation::kNone;
   const std::string s(name->data(), name->size());
-  if (s == "relu") return Activation::kReLU;
-  if (s == "relu6") return Activation::kReLU6;
+  if (s == "relu") return Activation::kRelu;
+  if (s == "relu6") return Activation::kRelu6;
   if (s == "hardswish") return Activation::kHardswish;
-  if (s == "silu") return Activation::kSiLU;
+  if (s == "silu") return Activation::kSilu;
   TORCH_CHECK_VALUE(false, "batch_norm_act: unknown activation '", s,
                     "'; expected one of None, 'relu', 'relu6', 'hardswish', 'silu'");
 }
@@ -42,14 +42,14 @@ inline Activation parse_activation(const std::optional<c10::string_view>& name) 
 template <Activation kAct, typename acc_t>
 struct ActivationOp {
   static C10_HOST_DEVICE inline acc_t forward(acc_t y) {
-    if constexpr (kAct == Activation::kReLU) {
+    if constexpr (kAct == Activation::kRelu) {
       return y > acc_t(0) ? y : acc_t(0);
-    } else if constexpr (kAct == Activation::kReLU6) {
+    } else if constexpr (kAct == Activation::kRelu6) {
       return y < acc_t(0) ? acc_t(0) : (y > acc_t(6) ? acc_t(6) : y);
     } else if constexpr (kAct == Activation::kHardswish) {
       const acc_t gate = y + acc_t(3) < acc_t(0) ? acc_t(0) : (y + acc_t(3) > acc_t(6) ? acc_t(6) : y + acc_t(3));
       return y * gate / acc_t(6);
-    } else if constexpr (kAct == Activation::kSiLU) {
+    } else if constexpr (kAct == Activation::kSilu) {
       return y / (acc_t(1) + std::exp(-y));
     } else {
       return y;
@@ -58,16 +58,16 @@ struct ActivationOp {
   // d activation / d y at y. Written with arithmetic on comparisons, not branches: the signs of y are
   // random, and a mispredicted branch per element made the CPU backward several times slower.
   static C10_HOST_DEVICE inline acc_t derivative(acc_t y) {
-    if constexpr (kAct == Activation::kReLU) {
+    if constexpr (kAct == Activation::kRelu) {
       // The second factor is 1 for every finite y; without it GCC turned the product back into a branch
       // (10x slower on random signs). Only y = +inf differs from aten (0 instead of 1).
       return static_cast<acc_t>(y > acc_t(0)) * static_cast<acc_t>(y < std::numeric_limits<acc_t>::infinity());
-    } else if constexpr (kAct == Activation::kReLU6) {
+    } else if constexpr (kAct == Activation::kRelu6) {
       return static_cast<acc_t>(y > acc_t(0)) * static_cast<acc_t>(y < acc_t(6));
     } else if constexpr (kAct == Activation::kHardswish) {
       const acc_t middle = static_cast<acc_t>(y <= acc_t(3));
       return static_cast<acc_t>(y >= acc_t(-3)) * (middle * (y / acc_t(3) + acc_t(0.5)) + (acc_t(1) - middle));
-    } else if constexpr (kAct == Activation::kSiLU) {
+    } else if constexpr (kAct == Activation::kSilu) {
       const acc_t sigmoid = acc_t(1) / (acc_t(1) + std::exp(-y));
       return sigmoid * (acc_t(1) + y * (acc_t(1) - sigmoid));
     } else {
@@ -81,10 +81,10 @@ template <typename Body>
 inline void dispatch_activation(Activation act, Body&& body) {
   switch (act) {
     case Activation::kNone: return body.template operator()<Activation::kNone>();
-    case Activation::kReLU: return body.template operator()<Activation::kReLU>();
-    case Activation::kReLU6: return body.template operator()<Activation::kReLU6>();
+    case Activation::kRelu: return body.template operator()<Activation::kRelu>();
+    case Activation::kRelu6: return body.template operator()<Activation::kRelu6>();
     case Activation::kHardswish: return body.template operator()<Activation::kHardswish>();
-    case Activation::kSiLU: return body.template operator()<Activation::kSiLU>();
+    case Activation::kSilu: return body.template operator()<Activation::kSilu>();
   }
 }
 

@@ -73,4 +73,16 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "_squeeze_excite_backward(Tensor grad_output, Tensor input, Tensor fc1_weight, Tensor? fc1_bias, "
       "Tensor fc2_weight, Tensor? fc2_bias, str activation, str gate) -> (Tensor, Tensor, Tensor?, Tensor, Tensor?)");
+  // depthwise_conv2d: F.conv2d(..., groups=C) then an activation (None, relu, relu6, hardswish, silu); weight
+  // (C*m, 1, kh, kw). padding is explicit (top, bottom, left, right): Python resolves "same"/"valid"/ints.
+  m.def(
+      "depthwise_conv2d(Tensor input, Tensor weight, Tensor? bias, SymInt[2] stride, SymInt[4] padding, "
+      "SymInt[2] dilation, str? activation) -> Tensor");
+  // (grad_input, grad_weight, grad_bias), each undefined where output_mask is false. `input` is needed for
+  // grad_weight and for hardswish/silu (which recompute the pre-activation from input/weight/bias rather than
+  // keep it alive); `output` (the forward result) for relu/relu6; input_size gives grad_input's shape.
+  m.def(
+      "_depthwise_conv2d_backward(Tensor grad_output, Tensor? input, Tensor weight, Tensor? bias, Tensor? output, "
+      "SymInt[4] input_size, SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, str? activation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -220,3 +220,65 @@ def squeeze_excite_cases(device, dtype, memory_format, batches, networks=tuple(S
                          f"{dtype_name(dtype)}")
                 cases.append(OpCase("squeeze_excite", label, make, 3 * numel * element))
     return cases
+
+
+# Depthwise layers of the real networks at a 224x224 input: (channels, input size, stride, kernel, dilation).
+DEPTHWISE_LAYERS = {
+    # MobileNetV2 (Sandler et al. 2018, Table 2): every inverted-residual depthwise 3x3 (expanded channels).
+    "mobilenet_v2": [
+        (32, 112, 1, 3, 1), (96, 112, 2, 3, 1), (144, 56, 1, 3, 1), (144, 56, 2, 3, 1), (192, 28, 1, 3, 1),
+        (192, 28, 2, 3, 1), (384, 14, 1, 3, 1), (576, 14, 1, 3, 1), (576, 14, 2, 3, 1), (960, 7, 1, 3, 1),
+    ],
+    # ShuffleNetV2 x1.0 (Ma et al. 2018): the stride-2 units' two depthwise convs, then the stride-1 units.
+    "shufflenet_v2_x1.0": [
+        (24, 56, 2, 3, 1), (58, 56, 2, 3, 1), (58, 28, 1, 3, 1), (116, 28, 2, 3, 1), (116, 14, 1, 3, 1),
+        (232, 14, 2, 3, 1), (232, 7, 1, 3, 1),
+    ],
+    # RepLKNet-31B (Ding et al. 2022): 31x31 depthwise per stage.
+    "replknet_31b": [(128, 56, 1, 31, 1), (256, 28, 1, 31, 1), (512, 14, 1, 31, 1), (1024, 7, 1, 31, 1)],
+    # DeepLabv3 on MobileNetV2 (output stride 8): dilated depthwise 3x3 in the last stages.
+    "deeplab_dilated": [(576, 28, 1, 3, 2), (960, 28, 1, 3, 4)],
+}
+
+
+def depthwise_conv2d_cases(device, dtype, memory_format, batches, networks=tuple(DEPTHWISE_LAYERS),
+                           backward=False) -> List[OpCase]:
+    """Public-function arguments (input, weight, bias, stride, padding, dilation, activation) per layer.
+    With backward=True the inputs require grad (time forward + backward)."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    for network in networks:
+        for channels, size, stride, kernel, dilation in DEPTHWISE_LAYERS[network]:
+            for batch in batches:
+                padding = dilation * (kernel - 1) // 2
+                shape = (batch, channels, size, size)
+
+                def make(shape=shape, channels=channels, kernel=kernel, stride=stride, padding=padding,
+                         dilation=dilation):
+                    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+                    w = torch.randn(channels, 1, kernel, kernel, device=device, dtype=dtype) / kernel
+                    b = torch.randn(channels, device=device, dtype=dtype)
+                    if backward:
+                        for t in (x, w, b):
+                            t.requires_grad_(True)
+                    return (x, w, b, stride, padding, dilation, None)
+
+                out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+                moved = (batch * channels * (size * size + out * out) + channels * kernel * kernel) * element
+                if backward:  # read grad_out, input, output-sized grad_pre; write grad_input and grad_weight
+                    moved *= 3
+                label = (f"{network} dw{kernel}x{kernel} s{stride} d{dilation} {list(shape)} "
+                         f"{layout_name(memory_format)} {dtype_name(dtype)}{' fwd+bwd' if backward else ''}")
+                cases.append(OpCase("depthwise_conv2d", label, make, moved))
+    return cases
+
+
+def forward_backward(fn):
+    """fn(*args) then backward of the sum into every input that requires grad (for fwd+bwd timings)."""
+    def run(*args):
+        out = fn(*args)
+        inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        torch.autograd.grad(out, inputs, torch.ones_like(out))
+        return out
+
+    return run

@@ -1,7 +1,8 @@
 """Drop-in modules: same constructor arguments and state_dict keys as their torch/torchvision namesakes."""
 from fastconv.nn.batchnorm import BatchNorm2d
 from fastconv.nn.conv_norm_act import Conv2dNormActivation, fold_bn
+from fastconv.nn.conv import Conv2d
 from fastconv.nn.shuffle import ChannelShuffle
 from fastconv.nn.squeeze_excite import SqueezeExcitation
 
-__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2dNormActivation", "SqueezeExcitation", "fold_bn"]
+__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2d", "Conv2dNormActivation", "SqueezeExcitation", "fold_bn"]

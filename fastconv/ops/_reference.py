@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from fastconv.ops._checks import (
     check_batch_norm_act_args,
     check_channel_shuffle_args,
+    check_depthwise_conv2d_args,
     check_shuffle_cat_args,
     check_squeeze_excite_args,
 )
@@ -50,3 +51,15 @@ def squeeze_excite(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation
     scale = _SQUEEZE_ACTIVATIONS[activation](F.conv2d(scale, fc1_weight, fc1_bias))
     scale = _SQUEEZE_GATES[gate](F.conv2d(scale, fc2_weight, fc2_bias))
     return scale * input
+
+
+def depthwise_conv2d(input, weight, bias, stride, padding, dilation, activation):
+    """F.conv2d(groups=C) then the activation; padding is the resolved (top, bottom, left, right)."""
+    check_depthwise_conv2d_args(input, weight, bias, stride, padding, dilation, activation)
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        out = F.conv2d(input, weight, bias, stride, (top, left), dilation, groups=input.shape[1])
+    else:  # asymmetric ("same" with an even kernel span): pad explicitly, as ATen itself does
+        out = F.conv2d(F.pad(input, (left, right, top, bottom)), weight, bias, stride, 0, dilation,
+                       groups=input.shape[1])
+    return ACTIVATION_FUNCTIONS[activation](out)

@@ -1,0 +1,289 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from fastconv.ops._checks import resolve_depthwise_conv2d_args
+
+
+def _activate(x, activation):
+    if activation is None:
+        return x
+    if activation == "relu":
+        return x.clamp_min(0)
+    if activation == "relu6":
+        return x.clamp(0, 6)
+    if activation == "hardswish":
+        return x * (x + 3).clamp(0, 6) / 6
+    if activation == "silu":
+        return x * torch.sigmoid(x)
+    raise ValueError(activation)
+
+
+def reference64(input, weight, bias, stride, padding, dilation, activation):
+    """Independent reference: stock F.conv2d (which resolves 'same'/'valid' itself), activation from formulas."""
+    return _activate(F.conv2d(input, weight, bias, stride, padding, dilation, groups=input.shape[1]), activation)
+
+
+def _output_strides(input, out):
+    layout = torch.channels_last if input.is_contiguous(memory_format=torch.channels_last) and not \
+        input.is_contiguous() else torch.contiguous_format
+    return torch.empty(out.shape, memory_format=layout).stride()
+
+
+harness = OpHarness("depthwise_conv2d", fastconv.ops.depthwise_conv2d, reference64, expected_strides=lambda input, *rest: _output_strides(input, rest[-1]))
+
+
+def dw(n, c, h, w, kernel, m=1, bias=True, stride=1, padding=0, dilation=1, activation=None, name=""):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    args = (torch.randn(n, c, h, w), torch.randn(c * m, 1, kh, kw) / (kh * kw) ** 0.5,
+            torch.randn(c * m) if bias else None, stride, padding, dilation, activation)
+    return Sample(args, name, grad=(0, 1, 2) if bias else (0, 1))
+
+
+SAMPLES = [
+    dw(2, 5, 9, 11, 3, padding=1, name="3x3-s1"),
+    dw(2, 6, 10, 9, 3, stride=2, padding=1, activation="relu", name="3x3-s2-relu"),
+    dw(1, 4, 11, 12, 5, padding=2, activation="relu6", name="5x5-relu6"),
+    dw(2, 3, 13, 13, 7, padding=3, bias=False, activation="hardswish", name="7x7-hardswish-nobias"),
+    dw(1, 2, 9, 8, 31, padding=15, name="31x31-small"),
+    dw(2, 4, 9, 12, (1, 7), padding=(0, 3), activation="silu", name="1x7"),
+    dw(1, 3, 12, 11, 3, padding=2, dilation=2, name="dilation2"),
+    dw(1, 3, 13, 14, 3, padding=4, dilation=4, activation="relu", name="dilation4"),
+    dw(2, 3, 8, 9, 3, m=2, padding=1, activation="silu", name="multiplier2"),
+    dw(1, 4, 13, 11, 3, stride=3, padding=1, name="stride3"),
+    dw(1, 3, 7, 8, 4, padding="same", activation="hardswish", name="same-even-kernel"),
+    dw(1, 3, 7, 8, (3, 2), padding="same", dilation=(1, 3), name="same-asymmetric-dilated"),
+    dw(2, 3, 7, 9, (2, 3), stride=(2, 1), padding="valid", bias=False, name="valid-nonsquare-stride"),
+    dw(1, 3, 5, 7, 3, m=3, stride=(1, 2), padding=(2, 0), dilation=(2, 1), activation="relu6", name="mixed"),
+    dw(0, 4, 6, 6, 3, padding=1, name="batch0"),
+    dw(1, 1, 1, 1, 1, name="1x1x1"),
+]
+IDS = [s.name for s in SAMPLES]
+BACKENDS = runnable("depthwise_conv2d")
+# The reference backend is the baseline, not code under test: the sample-wide checks run on the kernels.
+CPU_BACKENDS = [p for p in BACKENDS if p.values[0] == "cpu" or (p.values[1] == "cuda" and p.values[0] != "reference")]
+# The Triton interpreter runs each program as Python: a few tiny samples cover its code paths.
+TRITON_SAMPLES = [SAMPLES[i] for i in (1, 5, 8, 11, 13, 14)]
+TRITON_BACKENDS = [p for p in BACKENDS if p.values[0] == "triton"]
+
+
+def _cases(backends, samples):
+    return [pytest.param(b.values[0], b.values[1], s, id=f"{b.id}-{s.name}") for b in backends for s in samples]
+
+
+ALL_CASES = _cases(CPU_BACKENDS, SAMPLES) + _cases(TRITON_BACKENDS, TRITON_SAMPLES)
+REFERENCE_CASES = _cases([p for p in BACKENDS if p.values[0] == "reference"], [SAMPLES[0], SAMPLES[10]])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("backend, device, sample", ALL_CASES + REFERENCE_CASES)
+def test_forward(backend, device, sample, dtype, layout):
+    if dtype == torch.float64 and device == "cuda" and backend != "reference":
+        pytest.skip("float64 is a CPU (gradcheck) dtype")
+    harness.check_forward(sample, backend, device, dtype, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("backend, device, sample", ALL_CASES)
+def test_backward(backend, device, sample, dtype, layout):
+    harness.check_backward(sample, backend, device, dtype, layout)
+
+
+# gradcheck/gradgradcheck perturb every element: tiny shapes, each activation, the odd geometries.
+GRADCHECK = [
+    dw(1, 2, 5, 6, 3, stride=2, padding=1, activation="relu", name="s2-relu"),
+    dw(1, 2, 6, 5, (2, 3), padding="same", dilation=(2, 1), activation="hardswish", name="same-hardswish"),
+    dw(1, 2, 4, 5, 3, m=2, padding=1, bias=False, activation="silu", name="m2-silu"),
+    dw(2, 1, 5, 5, (1, 3), stride=(1, 2), padding=(0, 1), activation="relu6", name="1x3-relu6"),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device, sample",
+                         [c for c in _cases(BACKENDS, GRADCHECK) if c.values[0] == "cpu" and c.values[1] == "cpu"])
+def test_gradcheck(backend, device, sample, layout):
+    harness.check_gradcheck(sample, backend, device, layout)
+
+
+@pytest.mark.parametrize("sample", GRADCHECK[:2], ids=[s.name for s in GRADCHECK[:2]])
+@pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
+def test_gradcheck_triton(backend, device, sample):
+    """Under the interpreter a full gradcheck takes minutes: fast mode (random projections) instead. The double
+    backward is the shared ATen composition, covered by the C++ backend's gradgradcheck."""
+    args = sample.materialize(device, torch.float64, "contiguous", requires_grad=True)
+
+    def fn(*differentiable):
+        full = list(args)
+        for position, tensor in zip(sample.grad, differentiable):
+            full[position] = tensor
+        with fastconv.backend(backend):
+            return fastconv.ops.depthwise_conv2d(*full)
+
+    assert torch.autograd.gradcheck(fn, tuple(args[i] for i in sample.grad), fast_mode=True)
+
+
+def _resolved(sample, device, layout, dtype=torch.float32):
+    input, weight, bias, stride, padding, dilation, activation = sample.materialize(device, dtype, layout, True)
+    stride, padding, dilation = resolve_depthwise_conv2d_args(weight, stride, padding, dilation)
+    return input, weight, bias, stride, padding, dilation, activation
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device, sample",
+                         _cases([b for b in BACKENDS if b.values[0] != "reference"], [SAMPLES[1], SAMPLES[8]]))
+def test_opcheck(backend, device, sample, layout):
+    torch.library.opcheck(harness.custom_op(backend), _resolved(sample, device, layout))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("backend, device", [b for b in BACKENDS if b.values[0] != "reference"])
+def test_backward_op_opcheck(backend, device, activation):
+    input, weight, bias, stride, padding, dilation, _ = _resolved(SAMPLES[1], device, "channels_last")
+    op = harness.custom_op(backend)
+    output = op(input, weight, bias, stride, padding, dilation, activation).detach()
+    grad = torch.randn_like(output)
+    backward = (torch.ops.fastconv._depthwise_conv2d_backward.default if backend != "triton"
+                else torch.ops.fastconv._depthwise_conv2d_backward_triton.default)
+    for mask in ([True, True, True], [True, False, False]):
+        keep_input = mask[1] or activation == "silu"
+        args = (grad, input.detach() if keep_input else None, weight.detach(), bias.detach(), output,
+                list(input.shape), stride, padding, dilation, activation, mask)
+        torch.library.opcheck(backward, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_compile_fullgraph(backend, device, layout):
+    harness.check_compile(SAMPLES[8], backend, device, layout)
+
+
+@pytest.mark.parametrize("backend, device", [b for b in BACKENDS if b.values[0] != "reference"])
+def test_compile_backward(backend, device):
+    sample = SAMPLES[10]  # "same" padding, hardswish: recomputed pre-activation
+    args = sample.materialize(device, torch.float32, "channels_last", requires_grad=True)
+    torch._dynamo.reset()
+    with fastconv.backend(backend):
+        compiled = torch.compile(fastconv.ops.depthwise_conv2d, fullgraph=True)
+        out = compiled(*args)
+        grads = torch.autograd.grad(out.square().sum(), [args[i] for i in sample.grad])
+    want = reference64(*[a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args])
+    assert out.stride() == _output_strides(args[0], out)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_grad_is_deterministic():
+    x = torch.randn(4, 16, 20, 20, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 1, 3, 3, requires_grad=True)
+    grads = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = fastconv.ops.depthwise_conv2d(x, w, None, 1, 1)
+            grads.append(torch.autograd.grad(out, w, torch.ones_like(out))[0])
+        finally:
+            torch.set_num_threads(previous)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_saves_only_what_the_gradients_need():
+    x = torch.randn(1, 4, 6, 6)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    # Input grad only, no activation: the input is not kept for the backward.
+    xr = x.clone().requires_grad_(True)
+    out = fastconv.ops.depthwise_conv2d(xr, w.detach(), None, 1, 1)
+    saved = [t for t in (out.grad_fn._saved_tensors if hasattr(out.grad_fn, "_saved_tensors") else [])]
+    assert all(t is None or t.shape != xr.shape for t in saved)
+    torch.autograd.grad(out.sum(), xr)  # and the backward still runs
+
+
+@pytest.mark.parametrize("padding, kernel, dilation", [("same", 4, 1), ("same", 3, 2), ("same", (2, 5), (3, 1)),
+                                                       ("valid", 3, 1), ((1, 2), 3, 1), (2, 1, 1)])
+def test_padding_forms_equal_conv2d(padding, kernel, dilation):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x, w = torch.randn(2, 3, 9, 10), torch.randn(3, 1, kh, kw)
+    got = fastconv.ops.depthwise_conv2d(x, w, None, 1, padding, dilation)
+    torch.testing.assert_close(got, F.conv2d(x, w, None, 1, padding, dilation, groups=3), rtol=1e-5, atol=1e-5)
+
+
+def _bad(message, *args, **kwargs):
+    return pytest.param(args, kwargs, message, id=message[:40])
+
+
+X = torch.randn(2, 4, 8, 8)
+W = torch.randn(4, 1, 3, 3)
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    _bad(r"weight must have shape \(C\*m, 1, kh, kw\)", X, torch.randn(4, 2, 3, 3)),
+    _bad(r"weight must have shape \(C\*m, 1, kh, kw\)", X, torch.randn(4, 3, 3)),
+    _bad(r"weight.shape\[0\] \(6\) must be a positive multiple of the input channels", X, torch.randn(6, 1, 3, 3)),
+    _bad(r"input must be 4-D", torch.randn(4, 8, 8), W),
+    _bad("input and weight must have the same dtype", X, W.double()),
+    _bad(r"bias must have shape \(4,\)", X, W, torch.randn(3)),
+    _bad("stride must be two positive ints", X, W, None, 0),
+    _bad("stride must be two positive ints", X, W, None, (1, -1)),
+    _bad("dilation must be two positive ints", X, W, None, 1, 1, 0),
+    _bad("padding must be four non-negative ints", X, W, None, 1, -1),
+    _bad("the output size is empty", X, torch.randn(4, 1, 9, 9)),
+    _bad("activation must be None", X, W, activation="gelu"),
+    _bad("padding='same' is not supported for strided convolutions", X, W, stride=2, padding="same"),
+    _bad("padding must be an int, a pair, 'same' or 'valid'", X, W, padding="full"),
+    _bad("stride must be an int or a pair of ints", X, W, stride=(1, 2, 3)),
+])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_invalid_arguments(backend, device, args, kwargs, message):
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    with fastconv.backend(backend), pytest.raises(RuntimeError, match=message):
+        fastconv.ops.depthwise_conv2d(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_invalid_arguments_raise_in_the_custom_op_too(backend):
+    """Every backend's op checks its own arguments: nothing reaches a kernel unchecked."""
+    op = harness.custom_op(backend)
+    with pytest.raises(RuntimeError, match="padding must be four non-negative ints"):
+        op(X, W, None, [1, 1], [1, 1, -1, 1], [1, 1], None)
+    with pytest.raises(RuntimeError, match="weight.shape"):
+        op(X, torch.randn(5, 1, 3, 3), None, [1, 1], [1, 1, 1, 1], [1, 1], None)
+
+
+def test_invalid_arguments_under_compile():
+    compiled = torch.compile(fastconv.ops.depthwise_conv2d, fullgraph=True)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="must be a positive multiple of the input channels"):
+        compiled(X, torch.randn(6, 1, 3, 3))
+
+
+def test_backward_op_rejects_bad_grad_output():
+    with pytest.raises(RuntimeError, match="grad_output must have shape"):
+        torch.ops.fastconv._depthwise_conv2d_backward(torch.randn(2, 4, 7, 7), X, W, None, None, [2, 4, 8, 8],
+                                                      [1, 1], [1, 1, 1, 1], [1, 1], None, [True, True, False])
+    with pytest.raises(RuntimeError, match="output .* is required for relu"):
+        torch.ops.fastconv._depthwise_conv2d_backward(torch.randn(2, 4, 8, 8), X, W, None, None, [2, 4, 8, 8],
+                                                      [1, 1], [1, 1, 1, 1], [1, 1], "relu", [True, True, False])
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=8, out_channels=8, kernel_size=3, padding=1, groups=8),
+    dict(in_channels=4, out_channels=8, kernel_size=(1, 5), stride=2, padding="valid", groups=4, bias=False),
+    dict(in_channels=4, out_channels=4, kernel_size=4, padding="same", dilation=2, groups=4),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),  # dense: torch's own forward
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4, padding_mode="reflect"),
+])
+def test_conv2d_module_is_a_drop_in(kwargs):
+    torch_conv = torch.nn.Conv2d(**kwargs)
+    conv = fastconv.nn.Conv2d(**kwargs)
+    conv.load_state_dict(torch_conv.state_dict(), strict=True)
+    assert conv.state_dict().keys() == torch_conv.state_dict().keys()
+    assert conv.is_depthwise() == (kwargs.get("groups", 1) == kwargs["in_channels"]
+                                   and kwargs.get("padding_mode", "zeros") == "zeros")
+    x = torch.randn(2, kwargs["in_channels"], 11, 10, requires_grad=True)
+    got, want = conv(x), torch_conv(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), conv.weight)[0],
+                               torch.autograd.grad(want.sum(), torch_conv.weight)[0], rtol=1e-4, atol=1e-4)
