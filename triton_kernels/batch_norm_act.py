@@ -11,40 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastconv.triton_kernels._common import ELEMENTWISE_BLOCK, INTERPRET, dense_like
+from fastconv.triton_kernels._common import (
+    ACTIVATION_CODES, ELEMENTWISE_BLOCK, INTERPRET, activate, activation_derivative, dense_like,
+)
 
-ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
 REDUCE_TILE = 1 << 14 if INTERPRET else 4096  # elements of one reduction tile
-
-
-@triton.jit
-def _activate(y, ACT: tl.constexpr):
-    if ACT == 1:
-        y = tl.maximum(y, 0.0)
-    elif ACT == 2:
-        y = tl.minimum(tl.maximum(y, 0.0), 6.0)
-    elif ACT == 3:
-        y = y * tl.minimum(tl.maximum(y + 3.0, 0.0), 6.0) / 6.0
-    elif ACT == 4:
-        y = y / (1.0 + tl.exp(-y))
-    return y
-
-
-@triton.jit
-def _activation_derivative(y, ACT: tl.constexpr):
-    # Same conventions at the kinks as aten (see csrc/batch_norm_act.h).
-    if ACT == 1:
-        d = tl.where(y > 0.0, 1.0, 0.0)
-    elif ACT == 2:
-        d = tl.where((y > 0.0) & (y < 6.0), 1.0, 0.0)
-    elif ACT == 3:
-        d = tl.where(y < -3.0, 0.0, tl.where(y <= 3.0, y / 3.0 + 0.5, 1.0))
-    elif ACT == 4:
-        s = 1.0 / (1.0 + tl.exp(-y))
-        d = s * (1.0 + y * (1.0 - s))
-    else:
-        d = tl.full(y.shape, 1.0, y.dtype)
-    return d
 
 
 @triton.jit
@@ -125,7 +96,7 @@ def _apply_kernel(x_ptr, out_ptr, scale_ptr, shift_ptr, total, inner, channels,
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     scale = tl.load(scale_ptr + c, mask=mask, other=0.0)
     shift = tl.load(shift_ptr + c, mask=mask, other=0.0)
-    y = _activate(x.to(scale.dtype) * scale + shift, ACT)
+    y = activate(x.to(scale.dtype) * scale + shift, ACT)
     tl.store(out_ptr + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -155,7 +126,7 @@ def _backward_partial_kernel(
         dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
         xmu = tl.where(mask, x - mean, 0.0)
         if ACT != 0:
-            dy = dy * _activation_derivative(xmu * invstd * w + b, ACT)
+            dy = dy * activation_derivative(xmu * invstd * w + b, ACT)
         sum_dy += dy
         sum_dy_xmu += dy * xmu
     out = split * channels + c.reshape([BLOCK_C])
@@ -184,7 +155,7 @@ def _backward_apply_kernel(
         invstd = tl.load(invstd_ptr + c, mask=mask, other=0.0)
         w = tl.load(w_ptr + c, mask=mask, other=0.0)
         b = tl.load(b_ptr + c, mask=mask, other=0.0)
-        dy = dy * _activation_derivative(xmu * invstd * w + b, ACT)
+        dy = dy * activation_derivative(xmu * invstd * w + b, ACT)
     k = tl.load(k_ptr + c, mask=mask, other=0.0)
     mean_dy = tl.load(mean_dy_ptr + c, mask=mask, other=0.0)
     proj = tl.load(proj_ptr + c, mask=mask, other=0.0)

@@ -11,43 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
-from fastconv.triton_kernels._common import INTERPRET
+from fastconv.triton_kernels._common import ACTIVATION_CODES, INTERPRET, activate, activation_derivative
 
 # Under the interpreter each program is slow Python: few, large tiles. On a GPU, tiles that keep occupancy.
 BLOCK_PIXELS = 1024 if INTERPRET else 64
 BLOCK_CHANNELS = 32
-ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
 INT32_MAX = 2**31 - 1
-
-
-@triton.jit
-def _activate(x, ACT: tl.constexpr):
-    if ACT == 1:
-        x = tl.where(x < 0, 0.0, x)
-    elif ACT == 2:
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
-    elif ACT == 3:
-        x = x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
-    elif ACT == 4:
-        x = x / (1.0 + tl.exp(-x))
-    return x
-
-
-@triton.jit
-def _activation_derivative(v, ACT: tl.constexpr):
-    # v: the output for relu/relu6, the pre-activation for hardswish/silu (csrc/include/fastconv/activation.h)
-    if ACT == 1:
-        d = tl.where(v > 0, 1.0, 0.0)
-    elif ACT == 2:
-        d = tl.where((v > 0) & (v < 6.0), 1.0, 0.0)
-    elif ACT == 3:
-        d = tl.where(v < -3.0, 0.0, tl.where(v <= 3.0, v / 3.0 + 0.5, 1.0))
-    elif ACT == 4:
-        s = 1.0 / (1.0 + tl.exp(-v))
-        d = s * (1.0 + v * (1.0 - s))
-    else:
-        d = tl.full(v.shape, 1.0, v.dtype)
-    return d
 
 
 @triton.jit
@@ -84,7 +53,7 @@ def _forward_kernel(
             acc += x.to(ACC) * w.to(ACC)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + oc, mask=c_mask, other=0.0).to(ACC)[None, :]
-    acc = _activate(acc, ACT)
+    acc = activate(acc, ACT)
     out_offset = (n * son + oh * soh + ow * sow)[:, None] + (oc * soc)[None, :]
     tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
 
@@ -98,7 +67,7 @@ def _preactivation_grad_kernel(g_ptr, v_ptr, out_ptr, total, ACT: tl.constexpr, 
     mask = offsets < total
     g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(ACC)
     v = tl.load(v_ptr + offsets, mask=mask, other=0.0).to(ACC)
-    tl.store(out_ptr + offsets, g * _activation_derivative(v, ACT), mask=mask)
+    tl.store(out_ptr + offsets, g * activation_derivative(v, ACT), mask=mask)
 
 
 @triton.jit
