@@ -1,5 +1,6 @@
-"""Registry-driven model tests: every registered fastconv model is checked against its reference because it
-is registered. The reference is torchvision's builder of the same name (REFERENCE_NAMES maps aliases)."""
+"""Registry-driven model tests: every registered fastconv model that has a reference is checked against it
+because it is registered. The reference is torchvision's builder of the same name (REFERENCE_NAMES maps
+aliases), else timm's. Models defined only here (lenet5, smartnet, ...) are tested in test_own_models.py."""
 import pytest
 import torch
 import torchvision
@@ -11,7 +12,23 @@ from tolerances import DEEP_NETWORK_GRAD_FLOAT64, TOLERANCES
 REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
 # Small inputs keep the file fast on 2 cores; every listed net reduces 64 px to at least 2x2 before pooling.
 RESOLUTION = 64
-NAMES = models.list_models()
+
+
+def reference_builder(name):
+    """torchvision's builder for `name`, else timm's, else None (a model fastconv defines itself)."""
+    reference_name = REFERENCE_NAMES.get(name, name)
+    if reference_name in torchvision.models.list_models():
+        return lambda **kwargs: torchvision.models.get_model(reference_name, **kwargs)
+    try:
+        import timm
+    except ImportError:
+        return None
+    if reference_name in timm.list_models():
+        return lambda **kwargs: timm.create_model(reference_name, pretrained=False, **kwargs)
+    return None
+
+
+NAMES = [name for name in models.list_models() if reference_builder(name) is not None]
 # The deepest and widest variants share their blocks with a smaller registered model: their keys and eval
 # outputs are checked, the (slow on 2 cores) training step and layout variants are left to the small ones.
 HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}
@@ -21,7 +38,7 @@ LIGHT = [n for n in NAMES if n not in HEAVY]
 def pair(name, **kwargs):
     """(fastconv model, torchvision model) with the torchvision weights loaded into ours, strict."""
     torch.manual_seed(0)
-    reference = torchvision.models.get_model(REFERENCE_NAMES.get(name, name), **kwargs)
+    reference = reference_builder(name)(**kwargs)
     ours = models.get_model(name, **kwargs)
     ours.load_state_dict(reference.state_dict(), strict=True)
     return ours, reference
