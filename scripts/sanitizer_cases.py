@@ -3,29 +3,76 @@
 Run by scripts/gpu_check.sh as `compute-sanitizer --tool memcheck python scripts/sanitizer_cases.py`.
 Odd shapes on purpose: tails and partial vectors are where out-of-bounds accesses hide.
 """
+import sys
+
 import torch
 
 import fastconv
 
+# `python scripts/sanitizer_cases.py cpu` runs the same cases on the CPU kernels: how CI keeps the script valid.
+DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+
+
+def _leaf(*shape, dtype=torch.float32, channels_last=False):
+    t = torch.randn(*shape, device=DEVICE, dtype=dtype)
+    if channels_last:
+        t = t.to(memory_format=torch.channels_last)
+    return t.requires_grad_()
+
 
 def cases():
-    """(name, callable) for every op the cuda backend implements."""
-    x = torch.randn(3, 10, 7, 5, device="cuda", requires_grad=True)
-    x_cl = torch.randn(3, 10, 7, 5, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
-    half = torch.randn(2, 6, 3, 3, device="cuda", dtype=torch.float16)
-    yield "channel_shuffle NCHW fwd+bwd", lambda: fastconv.ops.channel_shuffle(x, 2).sum().backward()
-    yield "channel_shuffle channels_last fwd+bwd", lambda: fastconv.ops.channel_shuffle(x_cl, 5).sum().backward()
-    yield "channel_shuffle fp16 odd offset", lambda: fastconv.ops.channel_shuffle(half[:, :, 1:], 3)
+    """(name, callable) for every op the cuda backend implements; the name starts with the op."""
+    ops = fastconv.ops
+    x = _leaf(3, 10, 7, 5)
+    x_cl = _leaf(3, 10, 7, 5, channels_last=True)
+    half = torch.randn(2, 6, 3, 3, device=DEVICE, dtype=torch.float16)
+    yield "channel_shuffle NCHW fwd+bwd", lambda: ops.channel_shuffle(x, 2).sum().backward()
+    yield "channel_shuffle channels_last fwd+bwd", lambda: ops.channel_shuffle(x_cl, 5).sum().backward()
+    yield "channel_shuffle fp16 odd offset", lambda: ops.channel_shuffle(half[:, :, 1:], 3)
+
+    a, b = _leaf(2, 5, 3, 7), _leaf(2, 5, 3, 7)
+    a_cl, b_cl = _leaf(2, 6, 5, 3, dtype=torch.float16, channels_last=True), _leaf(
+        2, 6, 5, 3, dtype=torch.float16, channels_last=True)
+    yield "shuffle_cat NCHW fwd+bwd", lambda: ops.shuffle_cat(a, b).sum().backward()
+    yield "shuffle_cat fp16 channels_last fwd+bwd", lambda: ops.shuffle_cat(a_cl, b_cl).float().sum().backward()
+
+    for dtype, channels_last in ((torch.float32, False), (torch.bfloat16, True)):
+        se_in = _leaf(3, 20, 5, 7, dtype=dtype, channels_last=channels_last)
+        fc = [_leaf(*shape, dtype=dtype) for shape in ((6, 20, 1, 1), (6,), (20, 6, 1, 1), (20,))]
+        yield (f"squeeze_excite {dtype} channels_last={channels_last} fwd+bwd",
+               lambda se_in=se_in, fc=fc: ops.squeeze_excite(se_in, *fc, gate="hardsigmoid").float().sum().backward())
+
+    for dtype, channels_last, kernel, stride, dilation in (
+        (torch.float32, False, 3, 1, 1), (torch.float16, True, 5, 2, 1), (torch.float32, True, 7, 1, 2),
+        (torch.bfloat16, False, 31, 1, 1),
+    ):
+        dw_in = _leaf(2, 6, 33, 17, dtype=dtype, channels_last=channels_last)
+        dw_w, dw_b = _leaf(12, 1, kernel, kernel, dtype=dtype), _leaf(12, dtype=dtype)
+        yield (f"depthwise_conv2d {dtype} {kernel}x{kernel} s{stride} d{dilation} channels_last={channels_last}",
+               lambda dw_in=dw_in, dw_w=dw_w, dw_b=dw_b, stride=stride, dilation=dilation, kernel=kernel:
+               ops.depthwise_conv2d(dw_in, dw_w, dw_b, stride, dilation * (kernel // 2), dilation, "relu6")
+               .float().sum().backward())
+
+    for dtype, channels_last, training in ((torch.float32, False, True), (torch.float16, True, True),
+                                           (torch.float32, True, False)):
+        bn_in = _leaf(3, 9, 5, 7, dtype=dtype, channels_last=channels_last)
+        weight, bias = _leaf(9), _leaf(9)
+        mean, var = torch.zeros(9, device=DEVICE), torch.ones(9, device=DEVICE)
+        yield (f"batch_norm_act {dtype} channels_last={channels_last} training={training}",
+               lambda bn_in=bn_in, weight=weight, bias=bias, mean=mean, var=var, training=training:
+               ops.batch_norm_act(bn_in, weight, bias, mean, var, training, 0.1, 1e-5, "relu")
+               .float().sum().backward())
 
 
 def main():
-    with fastconv.backend("cuda"):
+    with fastconv.backend(DEVICE):
         for name, run in cases():
             run()
-            torch.cuda.synchronize()
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
             print(f"ran {name}")
     covered = {name.split()[0] for name, _ in cases()}
-    missing = [op for op, entry in fastconv.ops.OPS.items() if "cuda" in entry.backends and op not in covered]
+    missing = [op for op, entry in fastconv.ops.OPS.items() if DEVICE in entry.backends and op not in covered]
     if missing:
         raise SystemExit(f"sanitizer_cases.py has no case for the CUDA kernels of: {', '.join(missing)}")
 

@@ -132,3 +132,13 @@ def test_cli_check_zoo_parity():
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 of 2 models equal their reference" in result.stdout
+
+
+def test_sanitizer_script_covers_every_cuda_op_and_runs():
+    """scripts/sanitizer_cases.py is what compute-sanitizer runs on a lent GPU; on the CPU kernels here it must run
+    every case and fail when an op with a CUDA kernel has none (so a new op cannot skip the sanitizer)."""
+    script = ROOT / "scripts" / "sanitizer_cases.py"
+    result = subprocess.run([sys.executable, str(script), "cpu"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ran = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")}
+    assert ran >= {op for op, entry in fastconv.ops.OPS.items() if "cuda" in entry.backends}
