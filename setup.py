@@ -141,6 +141,7 @@ def extension():
 setup(
     packages=find_packages(include=["fastconv", "fastconv.*"]) + ["fastconv.triton_kernels"],
     package_dir={"fastconv.triton_kernels": "triton_kernels"},
+    package_data={"fastconv": ["auto_table.json"]},  # the measured backend table "auto" reads
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -7,8 +7,6 @@ import torch
 
 import fastconv
 from fastconv import _bench
-from fastconv.ops import _reference
-from fastconv.ops._checks import resolve_depthwise_conv2d_args
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -26,9 +24,7 @@ CASES = [
 VARIANTS = ["reference-eager", "reference-compile"] + [f"fastconv-{b}" for b in ("cpu", "cuda", "triton")]
 
 
-def reference(input, weight, bias, stride, padding, dilation, activation):
-    stride, padding, dilation = resolve_depthwise_conv2d_args(weight, stride, padding, dilation)
-    return _reference.depthwise_conv2d(input, weight, bias, stride, padding, dilation, activation)
+reference = _bench.depthwise_conv2d_reference
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -1,5 +1,6 @@
 """Command line: ``python -m fastconv info`` and ``python -m fastconv bench``."""
 import argparse
+import datetime
 import json
 import os
 import pathlib
@@ -45,11 +46,38 @@ def _info(args):
         report["ops"][name] = {"implemented": list(entry.backends), "runnable": runnable}
         per_device = "; ".join(f"{d}: {', '.join(b) or '-'}" for d, b in runnable.items())
         lines.append(f"  {name:<20} implemented: {', '.join(entry.backends):<30} runnable -> {per_device}")
+    lines += ["", _auto_table_lines()]
+    report["auto_table"] = _backend.AUTO_TABLE
     lines.append(f"models: {len(fastconv.models.list_models())} registered ({', '.join(fastconv.models.list_models())})")
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print("\n".join(lines))
+
+
+def _auto_table_lines():
+    """How "auto" chooses here: the measured table in use (path, devices, entries) and the fallback."""
+    from fastconv import _backend
+
+    path = os.environ.get("FASTCONV_AUTO_TABLE") or _backend.DEFAULT_AUTO_TABLE
+    choices = _backend.AUTO_TABLE.get("choices", {})
+    fallback = "; ".join(f"{d}: {' > '.join(order)}" for d, order in _backend.AUTO_ORDER.items())
+    lines = [f"auto backend table: {path}" + ("" if choices else " (no measurements: fallback only)")]
+    for device, ops in sorted(choices.items()):
+        measured = _backend.AUTO_TABLE.get("measured_on", {}).get(device, {})
+        lines.append(f"  {device}: measured on {measured.get('device', '?')}, torch {measured.get('torch', '?')}, "
+                     f"{measured.get('date', '?')}")
+        for op, classes in sorted(ops.items()):
+            lines.append(f"    {op:<20} " + ", ".join(f"{k} -> {b}" for k, b in sorted(classes.items())))
+    lines.append(f"  fallback without an entry (or when the entry cannot run here): {fallback}")
+    return "\n".join(lines)
+
+
+def _spread(cases, count):
+    """`count` cases spread evenly over the list (the quick suite keeps every network's range of sizes)."""
+    if len(cases) <= count:
+        return cases
+    return [cases[round(i * (len(cases) - 1) / (count - 1))] for i in range(count)]
 
 
 def _op_suite(device, quick):
@@ -59,20 +87,32 @@ def _op_suite(device, quick):
     from fastconv.ops import _reference
 
     if quick:
-        batches, multipliers = (1, 32), ("x1.0",)
+        batches, multipliers, per_op = (1, 32), ("x1.0",), 6
         configs = [(torch.float32, torch.contiguous_format), (torch.float32, torch.channels_last)]
     else:
-        batches, multipliers = (1, 32, 256), tuple(_bench.SHUFFLENET_V2_STAGES)
+        batches, multipliers, per_op = (1, 32, 256), tuple(_bench.SHUFFLENET_V2_STAGES), None
         configs = [(torch.float32, torch.contiguous_format), (torch.float16, torch.channels_last),
                    (torch.bfloat16, torch.channels_last)]
 
     def cases(builder):
-        return [c for dtype, fmt in configs for c in builder(device, dtype, fmt, batches, multipliers)]
+        built = [c for dtype, fmt in configs for c in builder(dtype, fmt)]
+        return _spread(built, per_op) if per_op else built
+
+    def bn_cases(dtype, fmt):
+        return [c for training in (False, True) for c in _bench.batch_norm_act_cases(device, dtype, fmt, batches, training)]
 
     return {
-        "channel_shuffle": (cases(_bench.channel_shuffle_cases), fastconv.ops.channel_shuffle,
-                            _reference.channel_shuffle),
-        "shuffle_cat": (cases(_bench.shuffle_cat_cases), fastconv.ops.shuffle_cat, _reference.shuffle_cat),
+        "channel_shuffle": (cases(lambda d, f: _bench.channel_shuffle_cases(device, d, f, batches, multipliers)),
+                            fastconv.ops.channel_shuffle, _reference.channel_shuffle),
+        "shuffle_cat": (cases(lambda d, f: _bench.shuffle_cat_cases(device, d, f, batches, multipliers)),
+                        fastconv.ops.shuffle_cat, _reference.shuffle_cat),
+        "squeeze_excite": (cases(lambda d, f: _bench.squeeze_excite_cases(device, d, f, batches)),
+                           fastconv.ops.squeeze_excite, _reference.squeeze_excite),
+        "depthwise_conv2d": (cases(lambda d, f: _bench.depthwise_conv2d_cases(device, d, f, batches)),
+                             fastconv.ops.depthwise_conv2d, _bench.depthwise_conv2d_reference),
+        # Training cases carry the output gradient: timed as a whole step (forward + backward).
+        "batch_norm_act": (cases(bn_cases), _bench.batch_norm_act_step(fastconv.ops.batch_norm_act),
+                           _bench.batch_norm_act_step(_reference.batch_norm_act)),
     }
 
 
@@ -184,6 +224,16 @@ def _bench(args):
                                      "rows": rows}, indent=2))
     _plot(rows, plot_path, title)
     console.print(f"wrote {json_path} and {plot_path}")
+    if args.write_auto_table is not None:
+        from fastconv import _backend
+
+        path = args.write_auto_table or os.environ.get("FASTCONV_AUTO_TABLE") or _backend.DEFAULT_AUTO_TABLE
+        key = _backend.device_key(device)
+        choices = _bench.auto_choices(rows)
+        measured_on = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "date": datetime.date.today().isoformat(), "quick": quick}
+        _bench.write_auto_table(path, key, choices, measured_on)
+        console.print(f"wrote the auto table for {key} ({sum(map(len, choices.values()))} entries) to {path}")
 
 
 def _check(args):
@@ -217,6 +267,9 @@ def main(argv=None):
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     bench.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
                        help="fewer shapes (default on the CPU)")
+    bench.add_argument("--write-auto-table", nargs="?", const="", metavar="PATH",
+                       help="write the fastest backend per op and shape class into the table \"auto\" reads "
+                            "(default: the one in use, see `info`); only this device's measured entries change")
     bench.set_defaults(run=_bench)
     check = commands.add_parser("check", help="zoo parity: every model against its torchvision reference")
     check.add_argument("--models", help="comma-separated models (default: all registered)")

@@ -3,14 +3,25 @@
 Names: "auto" (default), "cuda", "triton", "cpu", "reference" (plain ATen composition: cuDNN/oneDNN).
 Set with ``fastconv.set_backend(name)``, ``with fastconv.backend(name):`` or the environment variable
 ``FASTCONV_BACKEND`` (read at import). A named backend that cannot run for the given tensors raises;
-"auto" picks, per op and device, the fastest backend that can run, and raises when none can.
+"auto" picks, per op, device and shape class, the fastest backend that can run, and raises when none can.
+
+How "auto" chooses. A measured table (``fastconv/auto_table.json``, or the file named by ``FASTCONV_AUTO_TABLE``)
+maps (device, op, shape class) to the backend that was fastest there, "reference" included: ATen wins some
+shapes and then "auto" runs ATen. ``python -m fastconv bench --write-auto-table`` measures and rewrites the
+device's section; ``python -m fastconv info`` shows the table in use. The device is "cpu" or "cuda:sm_XY"; the
+shape class is "<dtype>/<layout>/<size>" of the op's main input, size "small" (< 2^16 elements), "medium"
+(< 2^22) or "large". Without an entry, or when the measured backend cannot run here, the fallback heuristic is
+the device's hand-written kernels in the order of AUTO_ORDER: the CUDA kernel, then Triton, on a GPU; the C++
+kernel on the CPU.
 
 Everything read while resolving is a plain module-level value, so the choice is traceable by
 ``torch.compile(fullgraph=True)`` (dynamo guards on it; switching backends recompiles).
 """
 import contextlib
 import importlib.util
+import json
 import os
+import pathlib
 
 import torch
 
@@ -24,6 +35,43 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Preference order of "auto" per device type, used when the measured table (if any) has no entry.
 AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
+
+DEFAULT_AUTO_TABLE = pathlib.Path(__file__).with_name("auto_table.json")
+SIZE_CLASSES = ((1 << 16, "small"), (1 << 22, "medium"))  # (elements below, name); the rest are "large"
+
+
+def shape_class(tensor) -> str:
+    """The key an op's main input is looked up by in the auto table: dtype, layout and size bucket."""
+    size = next((name for limit, name in SIZE_CLASSES if tensor.numel() < limit), "large")
+    channels_last = (tensor.dim() == 4 and not tensor.is_contiguous()
+                     and tensor.is_contiguous(memory_format=torch.channels_last))
+    return f"{str(tensor.dtype).replace('torch.', '')}/{'channels_last' if channels_last else 'contiguous'}/{size}"
+
+
+def device_key(device) -> str:
+    """"cpu" or "cuda:sm_XY": measurements transfer between GPUs of one architecture, not across them."""
+    if device.type != "cuda":
+        return device.type
+    properties = torch.cuda.get_device_properties(device)  # constant-folded by dynamo
+    return f"cuda:sm_{properties.major}{properties.minor}"
+
+
+def load_auto_table(path=None) -> dict:
+    """Read the measured table: {device key: {op: {shape class: backend}}}. A missing file is an empty table."""
+    path = pathlib.Path(path or os.environ.get("FASTCONV_AUTO_TABLE") or DEFAULT_AUTO_TABLE)
+    if not path.exists():
+        return {}
+    table = json.loads(path.read_text())
+    for device, ops in table.get("choices", {}).items():
+        for op, classes in ops.items():
+            for klass, name in classes.items():
+                if name not in BACKENDS[1:]:
+                    raise ValueError(f"fastconv: auto table {path}: {device}/{op}/{klass} names unknown backend {name!r}")
+    return table
+
+
+AUTO_TABLE = load_auto_table()
+_AUTO_CHOICES = AUTO_TABLE.get("choices", {})
 
 
 def _validate(name, source="backend"):
@@ -78,10 +126,20 @@ def why_not(name: str, device_type: str):
     return f"unknown backend {name!r}"
 
 
-def resolve(op: str, implemented: tuple, device_type: str) -> str:
-    """The concrete backend that runs `op` (implemented by `implemented`) on `device_type` tensors now."""
+def measured_choice(op: str, tensor):
+    """The auto table's backend for `op` on `tensor` (its device and shape class), or None."""
+    per_op = _AUTO_CHOICES.get(device_key(tensor.device), {}).get(op) if _AUTO_CHOICES else None
+    return per_op.get(shape_class(tensor)) if per_op else None
+
+
+def resolve(op: str, implemented: tuple, device_type: str, tensor=None) -> str:
+    """The concrete backend that runs `op` (implemented by `implemented`) on `device_type` tensors now;
+    with the op's main input `tensor`, "auto" consults the measured table first."""
     name = _current
     if name == "auto":
+        measured = measured_choice(op, tensor) if tensor is not None else None
+        if measured in implemented and why_not(measured, device_type) is None:
+            return measured
         for candidate in AUTO_ORDER.get(device_type, ()):
             if candidate in implemented and why_not(candidate, device_type) is None:
                 return candidate

@@ -4,6 +4,9 @@ Shapes come from the real networks; timings are medians of repeated runs measure
 as the baseline they are compared with.
 """
 import dataclasses
+import json
+import math
+import pathlib
 from typing import Callable, List
 
 import torch
@@ -104,6 +107,7 @@ def run_case(case: OpCase, device_type, public: Callable, reference: Callable, c
     Returns rows: dict(variant, seconds, speedup, gbps, max_abs_err).
     """
     args = case.make_inputs()
+    klass = _backend.shape_class(args[0])
     with fastconv.backend("reference"):
         expected = reference(*args)
     variants = {"reference (ATen)": lambda: reference(*args)}
@@ -125,10 +129,49 @@ def run_case(case: OpCase, device_type, public: Callable, reference: Callable, c
         seconds = median_seconds(fn, device_type)
         baseline = baseline or seconds
         rows.append(dict(
-            op=case.op, case=case.label, variant=variant, seconds=seconds, speedup=baseline / seconds,
+            op=case.op, case=case.label, shape_class=klass, variant=variant, seconds=seconds, speedup=baseline / seconds,
             gbps=case.bytes_moved / seconds / 1e9, max_abs_err=error,
         ))
     return rows
+
+
+def auto_choices(rows):
+    """{op: {shape class: backend}} from bench rows: per shape class, the backend ("reference" included, never
+    torch.compile, which "auto" cannot run) with the best geometric-mean speed-up over its cases; a backend
+    missing from some case of the class is not eligible there."""
+    speedups = {}  # (op, class) -> backend -> [speed-ups]
+    cases = {}  # (op, class) -> set of case labels
+    for row in rows:
+        if row.get("kind", "op") != "op" or "shape_class" not in row:
+            continue
+        variant = row["variant"]
+        if variant.startswith("fastconv "):
+            name = variant.split()[1]
+        elif variant == "reference (ATen)":
+            name = "reference"
+        else:
+            continue
+        key = (row["op"], row["shape_class"])
+        speedups.setdefault(key, {}).setdefault(name, []).append(row["speedup"])
+        cases.setdefault(key, set()).add(row["case"])
+    choices = {}
+    for (op, klass), per_backend in sorted(speedups.items()):
+        complete = {b: v for b, v in per_backend.items() if len(v) == len(cases[(op, klass)])}
+        geomean = {b: math.exp(sum(map(math.log, v)) / len(v)) for b, v in complete.items()}
+        choices.setdefault(op, {})[klass] = max(geomean, key=geomean.get)
+    return choices
+
+
+def write_auto_table(path, device_key, choices, measured_on):
+    """Merge `choices` for `device_key` into the table at `path` (other devices and ops are kept)."""
+    path = pathlib.Path(path)
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table.setdefault("format", 1)
+    section = table.setdefault("choices", {}).setdefault(device_key, {})
+    section.update(choices)
+    table.setdefault("measured_on", {})[device_key] = measured_on
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return table
 
 
 # BatchNorm layers (channels, resolution) of a 224x224 input. MobileNetV2: expanded/projected widths of the
@@ -148,6 +191,17 @@ def batch_norm_act_train_step(forward):
         return grad_x
 
     return step
+
+
+def batch_norm_act_step(forward):
+    """For the op suite, where eval and training cases mix: a training case (it carries the output gradient)
+    runs batch_norm_act_train_step, an eval case the forward alone."""
+    train_step = batch_norm_act_train_step(forward)
+
+    def run(*args):
+        return train_step(*args) if len(args) == 10 else forward(*args)
+
+    return run
 
 
 def batch_norm_act_cases(device, dtype, memory_format, batches, training) -> List[OpCase]:
@@ -177,6 +231,7 @@ def batch_norm_act_cases(device, dtype, memory_format, batches, training) -> Lis
                 label = (f"{network} bn {channels}@{size}x{size} b{batch} {activation} {mode} "
                          f"{layout_name(memory_format)} {dtype_name(dtype)}")
                 cases.append(OpCase("batch_norm_act", label, make, (8 if training else 2) * numel * element))
+    return cases
 
 
 # Squeeze-and-Excitation blocks of the real networks at a 224x224 input: (channels, H = W, squeeze channels).
@@ -271,6 +326,15 @@ def depthwise_conv2d_cases(device, dtype, memory_format, batches, networks=tuple
                          f"{layout_name(memory_format)} {dtype_name(dtype)}{' fwd+bwd' if backward else ''}")
                 cases.append(OpCase("depthwise_conv2d", label, make, moved))
     return cases
+
+
+def depthwise_conv2d_reference(input, weight, bias, stride, padding, dilation, activation):
+    """The reference with the public function's argument forms (it takes the resolved 4-sided padding)."""
+    from fastconv.ops import _reference
+    from fastconv.ops._checks import resolve_depthwise_conv2d_args
+
+    stride, padding, dilation = resolve_depthwise_conv2d_args(weight, stride, padding, dilation)
+    return _reference.depthwise_conv2d(input, weight, bias, stride, padding, dilation, activation)
 
 
 def forward_backward(fn):

@@ -113,10 +113,10 @@ def test_cli_info_tells_what_was_built():
 
 
 def test_cli_bench_writes_table_json_and_plot(tmp_path):
-    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    json_path, plot_path, table_path = tmp_path / "bench.json", tmp_path / "bench.png", tmp_path / "auto.json"
     result = subprocess.run(
         [sys.executable, "-m", "fastconv", "bench", "--cpu", "--ops", "channel_shuffle", "--models", "",
-         "--no-compile", "--json", str(json_path), "--plot", str(plot_path)],
+         "--no-compile", "--json", str(json_path), "--plot", str(plot_path), "--write-auto-table", str(table_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
@@ -125,6 +125,10 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path):
     assert {r["variant"] for r in rows} == {"reference (ATen)", "fastconv cpu"}
     assert all(r["max_abs_err"] == 0 for r in rows)  # a permutation: exact
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the measured choices, one per shape class the cases covered, loadable by "auto"
+    table = _backend.load_auto_table(table_path)
+    assert set(table["choices"]["cpu"]["channel_shuffle"]) == {r["shape_class"] for r in rows}
+    assert set(table["choices"]["cpu"]["channel_shuffle"].values()) <= {"cpu", "reference"}
 
 
 def test_cli_check_zoo_parity():
@@ -142,3 +146,55 @@ def test_sanitizer_script_covers_every_cuda_op_and_runs():
     assert result.returncode == 0, result.stderr[-2000:]
     ran = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("ran ")}
     assert ran >= {op for op, entry in fastconv.ops.OPS.items() if "cuda" in entry.backends}
+
+
+def test_auto_follows_the_measured_table(monkeypatch):
+    x = torch.randn(2, 4, 3, 3)  # float32/contiguous/small
+    x_cl = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)
+    assert _backend.shape_class(x) == "float32/contiguous/small"
+    assert _backend.shape_class(x_cl) == "float32/channels_last/small"
+    assert _backend.shape_class(torch.empty(1 << 22)) == "float32/contiguous/large"
+    monkeypatch.setattr(_backend, "_AUTO_CHOICES", {"cpu": {"channel_shuffle": {
+        "float32/contiguous/small": "reference",  # measured faster: auto runs ATen there
+        "float32/channels_last/small": "cuda",  # cannot run on CPU tensors: auto falls back to the heuristic
+    }}})
+    entry = fastconv.ops.OPS["channel_shuffle"]
+    with fastconv.backend("auto"):
+        assert entry.select(x) is entry.implementations["reference"]
+        assert entry.select(x_cl) is entry.implementations["cpu"]
+        assert entry.select(torch.randn(2, 4, 3, 3, dtype=torch.float64)) is entry.implementations["cpu"]
+        torch.testing.assert_close(fastconv.ops.channel_shuffle(x, 2), torch.nn.functional.channel_shuffle(x, 2))
+    with fastconv.backend("cpu"):  # a named backend ignores the table
+        assert entry.select(x) is entry.implementations["cpu"]
+
+
+def test_auto_choices_from_bench_rows():
+    from fastconv import _bench
+
+    def row(case, klass, variant, speedup):
+        return dict(op="depthwise_conv2d", case=case, shape_class=klass, variant=variant, speedup=speedup)
+
+    rows = [
+        row("a", "small", "reference (ATen)", 1.0), row("a", "small", "torch.compile(reference)", 9.0),
+        row("a", "small", "fastconv cpu", 0.5),
+        row("b", "large", "reference (ATen)", 1.0), row("b", "large", "fastconv cpu", 3.0),
+        row("c", "large", "reference (ATen)", 1.0), row("c", "large", "fastconv cpu", 0.5),  # geomean 1.22
+    ]
+    assert _bench.auto_choices(rows) == {"depthwise_conv2d": {"small": "reference", "large": "cpu"}}
+
+
+def test_auto_table_with_an_unknown_backend_is_refused(tmp_path):
+    path = tmp_path / "auto.json"
+    path.write_text(json.dumps({"choices": {"cpu": {"channel_shuffle": {"float32/contiguous/small": "cudnn"}}}}))
+    result = python("import fastconv", env={"FASTCONV_AUTO_TABLE": str(path)})
+    assert "names unknown backend 'cudnn'" in result.stderr
+    result = python("import fastconv.__main__ as m; print(m._auto_table_lines())",
+                    env={"FASTCONV_AUTO_TABLE": str(tmp_path / "missing.json")})
+    assert "no measurements: fallback only" in result.stdout and "cpu: cpu" in result.stdout
+
+
+def test_benches_collect():
+    """benches/ is not part of the test run; a broken case builder must still fail CI."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             str(ROOT / "benches")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -19,8 +19,12 @@ class OpEntry:
         self.implementations = implementations
         self.backends = tuple(b for b in _backend.BACKENDS[1:] if b in implementations)
 
-    def select(self, device_type: str) -> Callable:
-        return self.implementations[_backend.resolve(self.name, self.backends, device_type)]
+    def select(self, input) -> Callable:
+        """The implementation to run for the op's main input `input` (a tensor; or a device type string,
+        which skips the measured auto table)."""
+        if isinstance(input, str):
+            return self.implementations[_backend.resolve(self.name, self.backends, input)]
+        return self.implementations[_backend.resolve(self.name, self.backends, input.device.type, input)]
 
 
 OPS: Dict[str, OpEntry] = {}
