@@ -4,6 +4,7 @@ Shapes come from the real networks; timings are medians of repeated runs measure
 as the baseline they are compared with.
 """
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
@@ -94,6 +95,49 @@ def median_seconds(fn, device_type, min_run_time=0.2):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def cuda_graph_seconds(fn_all, calls):
+    """Median time of one call when `fn_all` (which makes `calls` calls) is replayed as a CUDA graph: launch
+    latency, which dominates batch-1 cases, is taken out as a graph-captured deployment would. Raises if the
+    work cannot be captured (host syncs, CPU work); the caller then times it eagerly."""
+    import triton.testing
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up off the capture, as torch.cuda.graphs requires
+        for _ in range(3):
+            fn_all()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn_all()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") * 1e-3 / calls
+
+
+ROTATION_BYTES = 64 << 20  # input sets cycled through per case: more than the last-level cache of the devices
+
+
+def rotating_inputs(make_inputs, bytes_moved, first=None):
+    """Input sets to cycle through while timing, so repeated calls don't find their data in the cache."""
+    count = max(1, min(8, -(-ROTATION_BYTES // max(bytes_moved, 1))))
+    sets = [first] if first is not None else []
+    return sets + [make_inputs() for _ in range(count - len(sets))]
+
+
+def time_variant(fn, input_sets, device_type, graph):
+    """(seconds per call, timer name) of fn(*inputs) cycling over `input_sets`."""
+    if device_type == "cuda" and graph:
+        try:
+            return cuda_graph_seconds(lambda: [fn(*inputs) for inputs in input_sets], len(input_sets)), "cuda graph"
+        except Exception:  # not capturable (e.g. autograd's CPU work): eager timing, and the row says so
+            torch.cuda.synchronize()
+    cycle = itertools.cycle(input_sets)
+    return median_seconds(lambda: fn(*next(cycle)), device_type), "eager"
+
+
+# Cases moving less than this are launch-bound on a GPU: timed as CUDA graph replays (batch-1 latency).
+GRAPH_BYTES = 16 << 20
+
+
 def fastconv_backends(op, device_type):
     """The fastconv backends (not the reference) that can run `op` on this device type, for timing.
     Triton on CPU tensors is the interpreter: a correctness tool, never timed."""
@@ -102,35 +146,37 @@ def fastconv_backends(op, device_type):
 
 
 def run_case(case: OpCase, device_type, public: Callable, reference: Callable, compile_reference=True):
-    """Time the reference (eager), torch.compile of the reference, and each fastconv backend on one case.
+    """Time the reference (eager), torch.compile of the reference, and each fastconv backend on one case, each
+    cycling over the same rotating input sets (CUDA-graph replays for launch-bound cases on a GPU).
 
-    Returns rows: dict(variant, seconds, speedup, gbps, max_abs_err).
+    Returns rows: dict(variant, seconds, speedup, gbps, max_abs_err, timer).
     """
     args = case.make_inputs()
+    input_sets = rotating_inputs(case.make_inputs, case.bytes_moved, first=args)
+    graph = case.bytes_moved < GRAPH_BYTES
     klass = _backend.shape_class(args[0])
     with fastconv.backend("reference"):
         expected = reference(*args)
-    variants = {"reference (ATen)": lambda: reference(*args)}
+    variants = {"reference (ATen)": reference}
     if compile_reference:
         torch._dynamo.reset()  # one specialised graph per case; stay under dynamo's recompile limit
-        compiled = torch.compile(reference, fullgraph=True, dynamic=False)
-        variants["torch.compile(reference)"] = lambda: compiled(*args)
+        variants["torch.compile(reference)"] = torch.compile(reference, fullgraph=True, dynamic=False)
     for name in fastconv_backends(case.op, device_type):
-        def run(name=name):
+        def run(*inputs, name=name):
             with fastconv.backend(name):
-                return public(*args)
+                return public(*inputs)
 
         variants[f"fastconv {name}"] = run
     rows = []
     baseline = None
     for variant, fn in variants.items():
-        out = fn()  # warm-up and correctness
+        out = fn(*args)  # warm-up and correctness
         error = (out.double() - expected.double()).abs().max().item() if out.numel() else 0.0
-        seconds = median_seconds(fn, device_type)
+        seconds, timer = time_variant(fn, input_sets, device_type, graph)
         baseline = baseline or seconds
         rows.append(dict(
             op=case.op, case=case.label, shape_class=klass, variant=variant, seconds=seconds, speedup=baseline / seconds,
-            gbps=case.bytes_moved / seconds / 1e9, max_abs_err=error,
+            gbps=case.bytes_moved / seconds / 1e9, max_abs_err=error, timer=timer,
         ))
     return rows
 
