@@ -86,9 +86,13 @@ def _op_suite(device, quick):
     from fastconv import _bench
     from fastconv.ops import _reference
 
-    if quick:
+    if quick and device.type == "cpu":
         batches, multipliers, per_op = (1, 32), ("x1.0",), 6
         configs = [(torch.float32, torch.contiguous_format), (torch.float32, torch.channels_last)]
+    elif quick:  # a GPU: the mixed-precision channels_last configurations matter most
+        batches, multipliers, per_op = (1, 256), ("x1.0",), 9
+        configs = [(torch.float32, torch.contiguous_format), (torch.float16, torch.channels_last),
+                   (torch.bfloat16, torch.channels_last)]
     else:
         batches, multipliers, per_op = (1, 32, 256), tuple(_bench.SHUFFLENET_V2_STAGES), None
         configs = [(torch.float32, torch.contiguous_format), (torch.float16, torch.channels_last),

@@ -38,7 +38,11 @@ done
 
 step "roofline and benches"
 $PY -m fastconv._roofline | tee "$OUT/roofline.txt"
-timeout 240 $PY -m fastconv bench --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+# --quick: 9 cases per op (fp32 NCHW, fp16/bf16 channels_last, batch 1 and 256) fit the call; the measured
+# backend per shape class comes back as auto_table.json, to merge into fastconv/auto_table.json.
+cp fastconv/auto_table.json "$OUT/auto_table.json" 2>/dev/null || true
+timeout 240 $PY -m fastconv bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+  --write-auto-table "$OUT/auto_table.json" > "$OUT/bench.log" 2>&1
 echo "bench: exit $?"
 
 {
