@@ -12,6 +12,8 @@
 
 #include <string>
 
+#include "fastconv/cpu_isa.h"
+
 // Importing fastconv._C runs the static initialisers below, which register the ops with the dispatcher.
 // The module itself has no Python functions; everything goes through torch.ops.fastconv.*.
 extern "C" PyObject* PyInit__C(void) {
@@ -33,6 +35,8 @@ static std::string build_info() {
 #else
   info += ", \"with_cuda\": false";
 #endif
+  // Not a compile-time fact: the instruction set the CPU kernels run with here (fastconv/cpu_isa.h).
+  info += std::string(", \"cpu_isa\": \"") + cpu_isa_name(cpu_isa()) + "\"";
   return info + "}";
 }
 

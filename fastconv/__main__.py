@@ -29,6 +29,7 @@ def _info(args):
         "CUDA kernels compiled: "
         + (f"yes, for {', '.join(f'sm_{a // 10}' for a in binary['cuda_archs'])} (CUDA runtime "
            f"{binary['cuda_runtime'] // 1000}.{binary['cuda_runtime'] % 1000 // 10})" if binary["with_cuda"] else "no"),
+        f"CPU kernels run with: {binary.get('cpu_isa', '?')} (of baseline, avx2, avx512; FASTCONV_CPU_ISA caps it)",
         f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!s} (Triton on CPU tensors: "
         f"{'interpreter' if _backend.TRITON_INTERPRET else 'off'})",
         f"backend: {fastconv.get_backend()} (FASTCONV_BACKEND={os.environ.get('FASTCONV_BACKEND', '')})",
