@@ -10,8 +10,10 @@ import pytest
 import fastconv
 
 ISAS = ("baseline", "avx2", "avx512")
-MULTI_ISA_OPS = ("tests/ops/test_depthwise_conv2d.py", "tests/ops/test_squeeze_excite.py")
-SELECTION = "cpu-cpu and (test_forward or test_backward or test_gradcheck) and not triton and not opcheck"
+MULTI_ISA_OPS = ("tests/ops/test_depthwise_conv2d.py", "tests/ops/test_squeeze_excite.py",
+                 "tests/ops/test_batch_norm_act.py")
+SELECTION = ("(cpu-cpu and (test_forward or test_backward or test_gradcheck or test_activations)"
+             " and not triton and not opcheck) or test_cpu_large_shapes")
 
 
 def run_with_isa(isa, *args):
