@@ -100,7 +100,8 @@ class _Transition(Adoptable, nn.Sequential):
 
 
 # Old checkpoints (and torchvision's released weights) name a dense layer's modules "norm.1", "conv.2", ...
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def _rename_legacy_keys(state_dict, prefix, *args):
