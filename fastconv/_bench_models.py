@@ -3,6 +3,8 @@
 Both models hold the same weights (torchvision's random init loaded into ours, strict), so the outputs are
 compared as well as the times.
 """
+from collections.abc import Mapping
+
 import torch
 
 import fastconv
@@ -10,6 +12,11 @@ from fastconv._bench import median_seconds
 
 HEADLINE_MODELS = ("shufflenet_v2_x1_0", "mobilenet_v2", "resnet50")
 REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
+# Arguments both builders get here: nothing to download (torchvision's deeplabv3_resnet50 fetches an ImageNet
+# backbone by default; the weights are random anyway).
+MODEL_KWARGS = {"deeplabv3_resnet50": dict(weights_backbone=None)}
+# Inputs smaller than this fail inside the network (torchvision's weights' min_size).
+MIN_RESOLUTION = {"inception_v3": 75}
 
 
 def reference_model(name, **kwargs):
@@ -18,9 +25,15 @@ def reference_model(name, **kwargs):
     return torchvision.models.get_model(REFERENCE_NAMES.get(name, name), **kwargs)
 
 
+def main_output(output):
+    """The tensor to compare: the output itself, or the "out" entry of a segmentation model's dict."""
+    return output["out"] if isinstance(output, Mapping) else output
+
+
 def model_pair(name, device, dtype, memory_format):
-    reference = reference_model(name).eval()
-    ours = fastconv.models.get_model(name).eval()
+    kwargs = MODEL_KWARGS.get(name, {})
+    reference = reference_model(name, **kwargs).eval()
+    ours = fastconv.models.get_model(name, **kwargs).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     return [m.to(device=device, dtype=dtype, memory_format=memory_format) for m in (ours, reference)]
 
@@ -40,13 +53,13 @@ def run_model_case(name, batch, device, dtype, memory_format, resolution=224, co
              f"{'channels_last' if memory_format == torch.channels_last else 'NCHW'}")
     rows, baseline = [], None
     with torch.inference_mode():
-        expected = reference(x).double()
+        expected = main_output(reference(x)).double()
         for variant, model in variants.items():
             out = model(x)  # warm-up (and compilation) outside the timing
             seconds = median_seconds(lambda: model(x), device_type, min_run_time=0.5)
             baseline = baseline or seconds
             rows.append(dict(kind="model", case=label, variant=variant, seconds=seconds, speedup=baseline / seconds,
-                             gbps=None, max_abs_err=(out.double() - expected).abs().max().item()))
+                             gbps=None, max_abs_err=(main_output(out).double() - expected).abs().max().item()))
     return rows
 
 
@@ -60,7 +73,8 @@ def parity(name, resolution=64, batch=1):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 1.5)
         ours.load_state_dict(reference.state_dict())
+        resolution = max(resolution, MIN_RESOLUTION.get(name, 1))
         x = torch.randn(batch, 3, resolution, resolution, dtype=torch.float64)
-        expected = reference(x)
-        error = ((ours(x) - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+        expected = main_output(reference(x))
+        error = ((main_output(ours(x)) - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
     return list(ours.state_dict()) == list(reference.state_dict()), error

@@ -6,13 +6,21 @@ import torch
 
 def _swaps():
     """{reference class: fastconv class}. Exact types only: a user's subclass keeps its own forward."""
+    import torchvision.models.densenet as tv_densenet
+    import torchvision.models.inception as tv_inception
     import torchvision.models.mobilenetv2 as tv_mobilenetv2
+    import torchvision.models.mobilenetv3 as tv_mobilenetv3
     import torchvision.models.resnet as tv_resnet
     import torchvision.models.shufflenetv2 as tv_shufflenetv2
+    import torchvision.models.vgg as tv_vgg
     import torchvision.ops.misc as tv_misc
+    # torchvision.models.alexnet and .googlenet are the builders (they shadow their modules): import the classes.
+    from torchvision.models.alexnet import AlexNet as TorchvisionAlexNet
+    from torchvision.models.googlenet import BasicConv2d as TorchvisionGoogLeNetBasicConv2d
 
     from fastconv import nn as fnn
-    from fastconv.models import mobilenetv2, resnet, shufflenetv2
+    from fastconv.models import _blocks, densenet, mobilenetv2, mobilenetv3, resnet, shufflenetv2, vgg
+    from fastconv.models.alexnet import AlexNet
 
     return {
         tv_misc.Conv2dNormActivation: fnn.Conv2dNormActivation,
@@ -22,6 +30,15 @@ def _swaps():
         tv_resnet.BasicBlock: resnet.BasicBlock,
         tv_resnet.Bottleneck: resnet.Bottleneck,
         tv_resnet.ResNet: resnet.ResNet,
+        tv_misc.SqueezeExcitation: fnn.SqueezeExcitation,
+        tv_mobilenetv3.InvertedResidual: mobilenetv3.InvertedResidual,
+        TorchvisionAlexNet: AlexNet,
+        tv_vgg.VGG: vgg.VGG,
+        TorchvisionGoogLeNetBasicConv2d: _blocks.BasicConv2d,
+        tv_inception.BasicConv2d: _blocks.BasicConv2d,
+        tv_densenet.DenseNet: densenet.DenseNet,
+        tv_densenet._DenseLayer: densenet._DenseLayer,
+        tv_densenet._Transition: densenet._Transition,
     }
 
 
@@ -46,7 +63,7 @@ def optimize(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     swapped = {}
     for module in list(model.modules()):
         target = swaps.get(type(module))
-        if target is not None:
+        if target is not None and getattr(target, "can_adopt", lambda m: True)(module):
             name = type(module).__qualname__
             _adopt(module, target)
             swapped[name] = swapped.get(name, 0) + 1

@@ -19,3 +19,18 @@ __all__ = resnet.__all__ + [
     "MobileNetV2", "ShuffleNetV2", "get_model", "mobilenet_v2", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
 ]
+
+# Model zoo part 1: the rest of torchvision's classic networks. The modules' __all__ are read before the
+# builders named like their module (alexnet, googlenet) replace the module names here, as in torchvision.
+from fastconv.models import alexnet, deeplabv3, densenet, googlenet, inception, mobilenetv3, vgg  # noqa: E402
+__all__ += (alexnet.__all__ + deeplabv3.__all__ + densenet.__all__ + googlenet.__all__ + inception.__all__
+            + mobilenetv3.__all__ + vgg.__all__)
+from fastconv.models.alexnet import AlexNet, alexnet  # noqa: E402,F401
+from fastconv.models.deeplabv3 import DeepLabV3, deeplabv3_resnet50  # noqa: E402,F401
+from fastconv.models.densenet import DenseNet, densenet121, densenet161, densenet169, densenet201  # noqa: E402,F401
+from fastconv.models.googlenet import GoogLeNet, GoogLeNetOutputs, googlenet  # noqa: E402,F401
+from fastconv.models.inception import Inception3, InceptionOutputs, inception_v3  # noqa: E402,F401
+from fastconv.models.mobilenetv3 import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small  # noqa: E402,F401
+from fastconv.models.vgg import (  # noqa: E402,F401
+    VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn,
+)

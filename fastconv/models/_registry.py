@@ -40,6 +40,11 @@ def _resolve_torchvision_weights(weights):
     return weights
 
 
+def is_checkpoint_path(weights) -> bool:
+    """Whether `weights` names a local checkpoint file (rather than a torchvision weights enum or name)."""
+    return isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)
+
+
 def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, **kwargs) -> torch.nn.Module:
     """Construct with `kwargs`, then load `weights` (None, a torchvision weights enum or name, or a path).
 
@@ -47,16 +52,16 @@ def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, **k
     """
     state_dict = None
     if weights is not None:
-        if isinstance(weights, (str, os.PathLike)) and os.path.exists(weights):
+        if is_checkpoint_path(weights):
             state_dict = torch.load(weights, map_location="cpu", weights_only=True)
             state_dict = state_dict.get("state_dict", state_dict)
         else:
             weights = _resolve_torchvision_weights(weights)
-            categories = len(weights.meta["categories"])
-            if kwargs.setdefault("num_classes", categories) != categories:
-                raise ValueError(
-                    f"The parameter 'num_classes' expected value {categories} but got {kwargs['num_classes']} instead."
-                )
+            if weights.meta["categories"] is not None:  # None: features-only weights (VGG16 IMAGENET1K_FEATURES)
+                categories = len(weights.meta["categories"])
+                if kwargs.setdefault("num_classes", categories) != categories:
+                    raise ValueError(f"The parameter 'num_classes' expected value {categories} but got "
+                                     f"{kwargs['num_classes']} instead.")
             state_dict = weights.get_state_dict(progress=progress, check_hash=True)
     model = model_fn(**kwargs)
     if state_dict is not None:

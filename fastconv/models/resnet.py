@@ -146,8 +146,12 @@ class ResNet(Adoptable, nn.Module):
                          dilation=self.dilation, norm_layer=norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1-bn1-relu (one fused call) and the max-pool: the input of layer1."""
+        return self.maxpool(conv_bn_act(x, self.conv1, self.bn1, "relu", self._stem))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(conv_bn_act(x, self.conv1, self.bn1, "relu", self._stem))
+        x = self.forward_stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 

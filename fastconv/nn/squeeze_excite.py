@@ -35,6 +35,20 @@ class SqueezeExcitation(torchvision.ops.SqueezeExcitation):
         self._activation_name = activation_name
         self._gate_name = gate_name
 
+    @classmethod
+    def can_adopt(cls, module: torchvision.ops.SqueezeExcitation) -> bool:
+        """Whether fastconv.optimize can swap `module`: its activation and gate are ones the op implements."""
+        return type(module.activation) in _ACTIVATIONS and type(module.scale_activation) in _GATES
+
+    @classmethod
+    def adopt(cls, module: torchvision.ops.SqueezeExcitation) -> "SqueezeExcitation":
+        """Turn a torchvision SqueezeExcitation into this class in place (its parameters are kept)."""
+        activation_name = _op_name(_ACTIVATIONS, type(module.activation), "activation")
+        gate_name = _op_name(_GATES, type(module.scale_activation), "scale_activation")
+        module.__class__ = cls
+        module._activation_name, module._gate_name = activation_name, gate_name
+        return module
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.squeeze_excite(
             input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self._activation_name, self._gate_name

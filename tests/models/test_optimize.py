@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 import fastconv
-from test_zoo import RESOLUTION, randomize_batch_norm
+from test_zoo import randomize_batch_norm, resolution
 from tolerances import TOLERANCES
 
 # builder -> the module classes that must have been swapped
@@ -14,6 +14,12 @@ MODELS = {
     "mobilenet_v3_small": {"Conv2dNormActivation"},
     "resnet18": {"BasicBlock", "ResNet"},
     "resnext50_32x4d": {"Bottleneck", "ResNet"},
+    "alexnet": {"AlexNet"},
+    "vgg11_bn": {"VGG"},
+    "googlenet": {"BasicConv2d"},
+    "inception_v3": {"BasicConv2d"},
+    "densenet121": {"DenseNet", "_DenseLayer", "_Transition"},
+    "mobilenet_v3_large": {"Conv2dNormActivation", "InvertedResidual", "SqueezeExcitation"},
 }
 
 
@@ -26,7 +32,7 @@ def test_optimize_keeps_outputs(name):
     assert set(optimized.fastconv_swapped) >= MODELS[name]
     assert not hasattr(reference, "fastconv_swapped"), "inplace=False must leave the original alone"
     assert list(optimized.state_dict()) == list(reference.state_dict())
-    x = torch.randn(2, 3, RESOLUTION, RESOLUTION, dtype=torch.float64)
+    x = torch.randn(2, 3, resolution(name), resolution(name), dtype=torch.float64)
     optimized.double().eval(), reference.double().eval()
     with torch.no_grad():
         rtol, atol = TOLERANCES[torch.float64]

@@ -1,0 +1,101 @@
+"""FusedSequential: an ``nn.Sequential`` (same keys) whose conv -> BN -> activation runs execute as fused ops.
+
+Classic networks (AlexNet, VGG, DenseNet transitions, segmentation heads) keep their conv, BatchNorm2d and
+ReLU as flat siblings of one ``nn.Sequential`` (``features.0`` conv, ``features.1`` BN, ``features.2`` ReLU),
+so their state_dict keys leave no room for a nested Conv2dNormActivation. This container keeps that layout
+and fuses at run time instead.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from fastconv import ops
+from fastconv.nn.batchnorm import BatchNorm2d, batch_norm_module
+from fastconv.nn.conv import Conv2d
+from fastconv.nn.conv_norm_act import _APPLY, FUSABLE_ACTIVATIONS, Adoptable, FoldedConvBN, conv2d_activation, \
+    conv_bn_act
+
+# Exact types only: a user's subclass may override forward, and must then run as it is.
+_CONVS = (nn.Conv2d, Conv2d)
+
+
+def _is_plain_batch_norm(module: nn.Module) -> bool:
+    return type(module) is nn.BatchNorm2d or (type(module) is BatchNorm2d and module.activation is None)
+
+
+def conv_activation(x: torch.Tensor, conv: nn.Conv2d, activation: Optional[str]) -> torch.Tensor:
+    """activation(conv(x)) in one call: depthwise convolutions of a fastconv.nn.Conv2d through
+    fastconv.ops.depthwise_conv2d, every other zero-padded convolution through conv2d_activation."""
+    if isinstance(conv, Conv2d) and conv.is_depthwise():
+        return ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, activation)
+    if conv.padding_mode != "zeros":
+        out = conv(x)
+        return out if activation is None else _APPLY[activation](out)
+    return conv2d_activation(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                             activation)
+
+
+# One step of the plan: (first index, one past the last index, kind, activation); kind is "conv_bn",
+# "conv", "bn" or "module".
+_Step = Tuple[int, int, str, Optional[str]]
+
+
+def _plan(layers: List[nn.Module]) -> List[_Step]:
+    steps: List[_Step] = []
+    i = 0
+    while i < len(layers):
+        layer, end = layers[i], i + 1
+        if type(layer) in _CONVS or _is_plain_batch_norm(layer):
+            kind = "conv" if type(layer) in _CONVS else "bn"
+            if kind == "conv" and end < len(layers) and _is_plain_batch_norm(layers[end]):
+                kind, end = "conv_bn", end + 1
+            activation = FUSABLE_ACTIVATIONS.get(type(layers[end])) if end < len(layers) else None
+            end += activation is not None
+            if kind == "conv" and activation is None:
+                kind = "module"  # a lone convolution: nothing to fuse
+            steps.append((i, end, kind, activation))
+        else:
+            steps.append((i, end, "module", None))
+        i = end
+    return steps
+
+
+class FusedSequential(Adoptable, nn.Sequential):
+    """Drop-in for ``torch.nn.Sequential`` (same constructor, same state_dict keys) that runs its
+    ``Conv2d -> BatchNorm2d [-> activation]``, ``Conv2d -> activation`` and ``BatchNorm2d [-> activation]``
+    runs as one fused call each; every other module runs as usual.
+
+    Conv-BN folds the BN into the convolution in eval (see FoldedConvBN) and runs BN with its activation
+    through fastconv.ops.batch_norm_act in training; BN-activation (pre-activation nets) always runs through
+    batch_norm_act. Activations: ReLU, ReLU6, Hardswish, SiLU (exact types). The outputs equal
+    ``nn.Sequential``'s; forward hooks registered on the fused members do not fire (they are not called).
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._init_fast_state()
+
+    def _init_fast_state(self):
+        self._replan()
+
+    def _replan(self):
+        layers = list(self._modules.values())
+        self._steps = _plan(layers)
+        self._planned = tuple(id(layer) for layer in layers)
+        self._folds = {start: FoldedConvBN() for start, _, kind, _ in self._steps if kind == "conv_bn"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self._modules.values())
+        if not torch.compiler.is_compiling() and tuple(id(layer) for layer in layers) != self._planned:
+            self._replan()  # layers were appended, inserted or replaced since the last plan
+        for start, end, kind, activation in self._steps:
+            if kind == "conv_bn":
+                x = conv_bn_act(x, layers[start], layers[start + 1], activation, self._folds[start])
+            elif kind == "conv":
+                x = conv_activation(x, layers[start], activation)
+            elif kind == "bn":
+                x = batch_norm_module(layers[start], x, activation)
+            else:
+                x = layers[start](x)
+        return x

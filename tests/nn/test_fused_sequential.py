@@ -1,0 +1,78 @@
+"""fastconv.nn.FusedSequential equals torch.nn.Sequential (same keys, outputs, gradients and BN buffers)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastconv
+from fastconv.nn import FusedSequential
+from tolerances import TOLERANCES
+
+
+def layers(case):
+    torch.manual_seed(0)
+    return {
+        "conv-bn-relu-pool": [nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                              nn.MaxPool2d(2)],
+        "conv-relu6": [nn.Conv2d(4, 8, 3, stride=2, bias=False), nn.ReLU6()],
+        "bn-relu-conv (pre-activation)": [nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 1, bias=False)],
+        "depthwise-bn-hardswish": [fastconv.nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4),
+                                   nn.Hardswish()],
+        "conv-bn (no activation), silu after dropout": [nn.Conv2d(4, 8, 1), nn.BatchNorm2d(8), nn.Dropout(0.5),
+                                                         nn.SiLU()],
+        "reflect padding, unfusable sigmoid": [nn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect"),
+                                               nn.BatchNorm2d(8), nn.Sigmoid()],
+    }[case]
+
+
+CASES = ["conv-bn-relu-pool", "conv-relu6", "bn-relu-conv (pre-activation)", "depthwise-bn-hardswish",
+         "conv-bn (no activation), silu after dropout", "reflect padding, unfusable sigmoid"]
+
+
+def pair(case):
+    reference = nn.Sequential(*layers(case)).double()
+    with torch.no_grad():
+        for m in reference.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+    ours = FusedSequential(*copy.deepcopy(list(reference)))
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    return ours, reference
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+def test_equals_sequential(case, channels_last):
+    ours, reference = pair(case)
+    rtol, atol = TOLERANCES[torch.float64]
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
+    x.requires_grad_(True)
+    torch.manual_seed(1)
+    out = ours.train()(x)
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x)
+    torch.manual_seed(1)
+    expected = reference.train()(x)
+    (expected_grad_x,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad_x, expected_grad_x, rtol=rtol, atol=atol)
+    for a, b in zip(ours.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def test_plan_fuses_the_runs_and_follows_later_changes():
+    ours = FusedSequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4),
+                           nn.ReLU6(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.SiLU())
+    assert [kind for _, _, kind, _ in ours._steps] == ["conv_bn", "module", "bn", "module", "conv"]
+    assert [activation for *_, activation in ours._steps] == ["relu", None, "relu6", None, "silu"]
+    ours.append(nn.Hardswish())  # the plan must see the new layer: it now applies after the fused conv-silu
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), nn.Sequential(*ours)(x), rtol=1e-5, atol=1e-5)
