@@ -31,8 +31,16 @@ def reference_builder(name):
 NAMES = [name for name in models.list_models() if reference_builder(name) is not None]
 # The deepest and widest variants share their blocks with a smaller registered model: their keys and eval
 # outputs are checked, the (slow on 2 cores) training step and layout variants are left to the small ones.
-HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}
+HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2",
+         "legacy_seresnet101", "legacy_seresnet152", "inception_v4", "inception_resnet_v2"}
 LIGHT = [n for n in NAMES if n not in HEAVY]
+# Nets whose stems do not pad need larger inputs than the defaults (RESOLUTION, 32 px for HEAVY ones):
+# Inception v4 and Inception-ResNet v2 reduce 75 px to a 1x1 grid, their minimum.
+RESOLUTIONS = {"inception_v4": 75, "inception_resnet_v2": 75}
+
+
+def input_size(name):
+    return RESOLUTIONS.get(name, 32 if name in HEAVY else RESOLUTION)
 
 
 def pair(name, **kwargs):
@@ -69,8 +77,8 @@ def test_eval_output_equals_reference(name):
     randomize_batch_norm(reference)
     ours.load_state_dict(reference.state_dict())
     ours.double(), reference.double()
-    batch, size = (1, 32) if name in HEAVY else (2, RESOLUTION)  # float64 convs are slow on the CPU
-    x = torch.randn(batch, 3, size, size, dtype=torch.float64)
+    batch = 1 if name in HEAVY else 2  # float64 convs are slow on the CPU
+    x = torch.randn(batch, 3, input_size(name), input_size(name), dtype=torch.float64)
     with torch.no_grad():
         rtol, atol = TOLERANCES[torch.float64]
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
@@ -82,7 +90,7 @@ def test_train_step_equals_reference(name):
     (batch_norm_act) sum in another order than ATen's, and deep nets amplify float32 rounding."""
     ours, reference = pair(name)
     ours.double(), reference.double()
-    x = torch.randn(2, 3, RESOLUTION, RESOLUTION, dtype=torch.float64)
+    x = torch.randn(2, 3, input_size(name), input_size(name), dtype=torch.float64)
     torch.manual_seed(1)  # the same dropout masks in both
     out = ours.train()(x)
     torch.manual_seed(1)
@@ -101,7 +109,7 @@ def test_train_step_equals_reference(name):
 @pytest.mark.parametrize("name", LIGHT)
 def test_num_classes_and_channels_last(name):
     ours, reference = pair(name, num_classes=10)
-    x = torch.randn(1, 3, RESOLUTION, RESOLUTION).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, input_size(name), input_size(name)).to(memory_format=torch.channels_last)
     with torch.no_grad():
         out = ours.eval()(x)
         rtol, atol = TOLERANCES[torch.float32]
