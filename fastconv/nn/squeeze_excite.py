@@ -35,6 +35,19 @@ class SqueezeExcitation(torchvision.ops.SqueezeExcitation):
         self._activation_name = activation_name
         self._gate_name = gate_name
 
+    @classmethod
+    def adopt(cls, module: torch.nn.Module) -> "SqueezeExcitation":
+        """Turn an SE module with the same parameters into this class in place (for fastconv.optimize):
+        torchvision's SqueezeExcitation, or timm's legacy ``SEModule`` (fc1/fc2 1x1 convs with bias, ``relu``,
+        ``sigmoid``; the same computation, as its forward pools with a mean)."""
+        activation = module.activation if hasattr(module, "activation") else module.relu
+        gate = module.scale_activation if hasattr(module, "scale_activation") else module.sigmoid
+        activation_name = _op_name(_ACTIVATIONS, type(activation), "activation")
+        gate_name = _op_name(_GATES, type(gate), "scale_activation")
+        module.__class__ = cls
+        module._activation_name, module._gate_name = activation_name, gate_name
+        return module
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.squeeze_excite(
             input, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self._activation_name, self._gate_name
