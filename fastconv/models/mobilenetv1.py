@@ -12,7 +12,7 @@ weight and bias and the ReLU6 in its epilogue, and every pointwise conv-BN-ReLU6
 In training the depthwise convolution runs the same op (fastconv.nn.Conv2d) and BN + ReLU6 run as one
 fastconv.ops.batch_norm_act.
 
-The two hyper-parameters of Section 3.3:
+The two hyper-parameters of Sections 3.3 and 3.4:
 
 - the width multiplier alpha (``width_multiplier`` or ``alpha``, default 1.0) thins every layer to alpha x
   its channels, rounded to a multiple of 8 as timm does (never more than 10% down);

@@ -1,6 +1,7 @@
-"""The timm-compatible networks beyond what test_zoo.py checks for every registered model: the Inception
-blocks trained one step against timm's (the whole nets are HEAVY there, eval only), MobileNet v1's width and
-resolution multipliers, timm pretrained tags through weights=, torch.compile, and fastconv without timm."""
+"""The timm-compatible networks beyond what test_zoo.py checks for every registered model: the Inception and
+Xception blocks trained one step against timm's (the whole nets are HEAVY there, eval only), MobileNet v1's
+width and resolution multipliers, timm pretrained tags through weights=, torch.compile, and fastconv without
+timm."""
 import importlib
 import subprocess
 import sys
@@ -17,8 +18,10 @@ timm = pytest.importorskip("timm")
 # The modules, not the builders of the same name that their packages export.
 timm_v4 = importlib.import_module("timm.models.inception_v4")
 timm_irv2 = importlib.import_module("timm.models.inception_resnet_v2")
+timm_xception = importlib.import_module("timm.models.xception")
 v4 = importlib.import_module("fastconv.models.inception_v4")
 irv2 = importlib.import_module("fastconv.models.inception_resnet_v2")
+xception = importlib.import_module("fastconv.models.xception")
 
 # timm's Inception conv block (as InceptionV4/InceptionResnetV2 build it): conv, BN eps 1e-3, ReLU.
 timm_conv_block = partial(timm.layers.ConvNormAct, padding=0, norm_layer="batchnorm2d", act_layer="relu",
@@ -50,9 +53,14 @@ def test_inception_block_train_step_and_eval_equal_timm(block):
     reference = timm_class(conv_block=timm_conv_block, **kwargs).double()
     randomize_batch_norm(reference)
     ours = ours_class(**kwargs).double()
+    # 5x5: every unpadded/strided 3x3 still fits
+    check_train_step_and_eval(ours, reference, torch.randn(2, channels, 5, 5, dtype=torch.float64))
+
+
+def check_train_step_and_eval(ours, reference, x):
+    """Strict load and equal keys, then equal eval outputs, train outputs, gradients and BN buffers (float64)."""
     ours.load_state_dict(reference.state_dict(), strict=True)
     assert list(ours.state_dict()) == list(reference.state_dict())
-    x = torch.randn(2, channels, 5, 5, dtype=torch.float64)  # 5x5: every unpadded/strided 3x3 still fits
     rtol, atol = TOLERANCES[torch.float64]
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
@@ -65,6 +73,37 @@ def test_inception_block_train_step_and_eval_equal_timm(block):
         torch.testing.assert_close(p.grad, q.grad, rtol=grad_rtol, atol=grad_atol, msg=lambda m: f"grad of {key}: {m}")
     for (key, a), b in zip(ours.named_buffers(), reference.buffers()):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"buffer {key}: {m}")
+
+
+# Xception's three kinds of block: (constructor arguments, input channels, input size).
+XCEPTION_BLOCKS = {
+    "entry_block1": ((64, 128, 2, 2), {"start_with_relu": False}, 64, 7),
+    "middle": ((728, 728, 3, 1), {}, 728, 4),
+    "exit_block12": ((728, 1024, 2, 2), {"grow_first": False}, 728, 4),
+}
+
+
+@pytest.mark.parametrize("block", XCEPTION_BLOCKS)
+def test_xception_block_train_step_and_eval_equal_timm(block):
+    args, kwargs, channels, size = XCEPTION_BLOCKS[block]
+    reference = timm_xception.Block(*args, **kwargs).double()
+    randomize_batch_norm(reference)
+    ours = xception.Block(*args, **kwargs).double()
+    check_train_step_and_eval(ours, reference, torch.randn(2, channels, size, size, dtype=torch.float64))
+
+
+def test_xception_num_classes_and_channels_last():
+    torch.manual_seed(0)
+    reference = timm.create_model("legacy_xception", num_classes=10)
+    randomize_batch_norm(reference)
+    ours = models.legacy_xception(num_classes=10)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(1, 3, 48, 48).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        rtol, atol = TOLERANCES[torch.float32]
+        out = ours.eval()(x)
+        torch.testing.assert_close(out, reference.eval()(x), rtol=rtol, atol=atol)
+    assert out.shape == (1, 10)
 
 
 def timm_mobilenet_v1(width_multiplier):

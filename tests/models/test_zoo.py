@@ -31,14 +31,17 @@ def reference_builder(name):
 NAMES = [name for name in models.list_models() if reference_builder(name) is not None]
 # The deepest and widest variants share their blocks with a smaller registered model: their keys and eval
 # outputs are checked, the (slow on 2 cores) training step and layout variants are left to the small ones.
-# Inception v4 / Inception-ResNet v2 have no small sibling: test_timm_models.py trains each of their blocks.
+# Inception v4, Inception-ResNet v2 and Xception have no small sibling (timm's float64 depthwise convolutions
+# alone take a minute for Xception's step): test_timm_models.py trains each of their blocks.
 HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2",
-         "legacy_seresnet101", "legacy_seresnet152", "inception_v4", "inception_resnet_v2"}
+         "legacy_seresnet101", "legacy_seresnet152", "legacy_seresnext50_32x4d", "inception_v4", "inception_resnet_v2",
+         "legacy_xception"}
 LIGHT = [n for n in NAMES if n not in HEAVY]
 # Inputs other than the defaults (RESOLUTION, 32 px for HEAVY ones). Inception v4 and Inception-ResNet v2 do
-# not pad their stems: 75 px, their minimum, reaches a 1x1 grid. Xception and SE-ResNeXt-50 run their float64
-# depthwise/grouped convolutions on ATen's slow path: 48 px (still 2x2 before pooling) halves the time.
-RESOLUTIONS = {"inception_v4": 75, "inception_resnet_v2": 75, "legacy_xception": 48, "legacy_seresnext50_32x4d": 48}
+# not pad their stems: 75 px, their minimum, reaches a 1x1 grid; 48 px keeps a 2x2 grid before pooling in
+# Xception and the SENets at about half the cost of 64 px.
+RESOLUTIONS = {"inception_v4": 75, "inception_resnet_v2": 75, "legacy_xception": 48, "legacy_seresnet50": 48,
+               "legacy_seresnext50_32x4d": 48}
 
 
 def input_size(name):
