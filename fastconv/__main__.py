@@ -247,7 +247,7 @@ def _check(args):
 
     names = fastconv.models.list_models() if not args.models else args.models.split(",")
     failures = 0
-    print(f"{'model':<22} {'keys':<6} {'relative max error':>20}  (eval, float64, {args.resolution} px, vs torchvision)")
+    print(f"{'model':<22} {'keys':<6} {'relative max error':>20}  (eval, float64, {args.resolution} px, vs torchvision or timm)")
     for name in names:
         keys_equal, error = _bench_models.parity(name, resolution=args.resolution)
         ok = keys_equal and error <= 1e-9

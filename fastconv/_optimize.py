@@ -1,5 +1,6 @@
-"""fastconv.optimize: swap torchvision building blocks for fastconv's in a model users already have."""
+"""fastconv.optimize: swap torchvision (and timm) building blocks for fastconv's in a model users already have."""
 import copy
+import sys
 
 import torch
 
@@ -23,6 +24,7 @@ def _swaps():
     from fastconv.models.alexnet import AlexNet
 
     return {
+        **_timm_swaps(),
         tv_misc.Conv2dNormActivation: fnn.Conv2dNormActivation,
         torch.nn.ChannelShuffle: fnn.ChannelShuffle,
         tv_shufflenetv2.InvertedResidual: shufflenetv2.InvertedResidual,
@@ -39,6 +41,22 @@ def _swaps():
         tv_densenet.DenseNet: densenet.DenseNet,
         tv_densenet._DenseLayer: densenet._DenseLayer,
         tv_densenet._Transition: densenet._Transition,
+    }
+
+
+def _timm_swaps():
+    """timm's blocks, when timm is already imported (a model built with it): fastconv never imports timm."""
+    if sys.modules.get("timm") is None:  # never imported (or blocked)
+        return {}
+    import timm.models.senet as timm_senet
+
+    from fastconv import nn as fnn
+    from fastconv.models import senet
+
+    return {
+        timm_senet.SEModule: fnn.SqueezeExcitation,
+        timm_senet.SEResNetBottleneck: senet.SEResNetBottleneck,
+        timm_senet.SEResNeXtBottleneck: senet.SEResNeXtBottleneck,
     }
 
 

@@ -1,10 +1,17 @@
 """fastconv.models: drop-in builders with torchvision's names, arguments and state_dict keys."""
 from fastconv.models import mobilenetv2, resnet, shufflenetv2  # noqa: F401  (register their builders)
+from fastconv.models import inception_resnet_v2, inception_v4, mobilenetv1, senet, xception  # noqa: F401
 from fastconv.models._registry import get_model, list_models, register_model
+from fastconv.models.inception_resnet_v2 import InceptionResnetV2, inception_resnet_v2  # noqa: F401
+from fastconv.models.inception_v4 import InceptionV4, inception_v4  # noqa: F401
+from fastconv.models.mobilenetv1 import MobileNetV1, mobilenetv1_100  # noqa: F401
 from fastconv.models.mobilenetv2 import MobileNetV2, mobilenet_v2  # noqa: F401
 from fastconv.models.resnet import (  # noqa: F401
     ResNet, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, resnext101_32x8d, wide_resnet50_2,
     wide_resnet101_2,
+)
+from fastconv.models.senet import (  # noqa: F401
+    SENet, legacy_seresnet50, legacy_seresnet101, legacy_seresnet152, legacy_seresnext50_32x4d,
 )
 from fastconv.models.shufflenetv2 import (  # noqa: F401
     ShuffleNetV2,
@@ -14,6 +21,7 @@ from fastconv.models.shufflenetv2 import (  # noqa: F401
     shufflenet_v2_x1_5,
     shufflenet_v2_x2_0,
 )
+from fastconv.models.xception import Xception, legacy_xception  # noqa: F401
 
 __all__ = resnet.__all__ + [
     "MobileNetV2", "ShuffleNetV2", "get_model", "mobilenet_v2", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
@@ -34,3 +42,8 @@ from fastconv.models.mobilenetv3 import MobileNetV3, mobilenet_v3_large, mobilen
 from fastconv.models.vgg import (  # noqa: E402,F401
     VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn,
 )
+__all__ += [  # the timm-compatible networks
+    "InceptionResnetV2", "InceptionV4", "MobileNetV1", "SENet", "Xception", "inception_resnet_v2", "inception_v4",
+    "legacy_seresnet50", "legacy_seresnet101", "legacy_seresnet152", "legacy_seresnext50_32x4d", "legacy_xception",
+    "mobilenetv1_100",
+]

@@ -2,11 +2,13 @@
 
 `weights=` takes a torchvision weights enum or its name ("ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1",
 "DEFAULT" is not accepted without the enum), fetched through torchvision (so it works wherever torchvision
-has network), or a local checkpoint path. State_dict keys equal the reference's, so its checkpoints load with
-strict=True.
+has network), or a local checkpoint path. For the timm-compatible models (builders that pass `timm_name`), a
+string that is not a file is a timm pretrained tag ("tf_in1k" or "legacy_xception.tf_in1k"), fetched through
+timm (an optional dependency: imported only then). State_dict keys equal the reference's, so its checkpoints
+load with strict=True.
 """
 import os
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -45,23 +47,50 @@ def is_checkpoint_path(weights) -> bool:
     return isinstance(weights, (str, os.PathLike)) and os.path.exists(weights)
 
 
-def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, **kwargs) -> torch.nn.Module:
-    """Construct with `kwargs`, then load `weights` (None, a torchvision weights enum or name, or a path).
+def _check_num_classes(kwargs, categories: int) -> None:
+    if kwargs.setdefault("num_classes", categories) != categories:
+        raise ValueError(
+            f"The parameter 'num_classes' expected value {categories} but got {kwargs['num_classes']} instead."
+        )
 
-    With torchvision weights, `num_classes` is checked against the weights' categories, as torchvision does.
+
+def _timm_state_dict(timm_name: str, tag: str, kwargs) -> Dict[str, torch.Tensor]:
+    """The state_dict of timm's pretrained `timm_name` with `tag`, fetched (and cached) by timm."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError(f"weights={tag!r} is not a file, so it names timm pretrained weights of {timm_name}: "
+                          "fetching them needs timm (pip install timm), or pass a local checkpoint path") from error
+    name = tag if tag.startswith(timm_name + ".") else f"{timm_name}.{tag}"
+    available = timm.list_pretrained(timm_name + ".*")
+    if name not in available:
+        raise ValueError(f"weights={tag!r} is neither a file nor a timm pretrained tag of {timm_name} "
+                         f"(available: {', '.join(available) or 'none'})")
+    _check_num_classes(kwargs, timm.models.get_pretrained_cfg(name).num_classes)
+    # in_chans != 3: timm adapts the first convolution's pretrained weights, as timm.create_model does.
+    return timm.create_model(name, pretrained=True, num_classes=kwargs["num_classes"],
+                             in_chans=kwargs.get("in_chans", 3)).state_dict()
+
+
+def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, timm_name: Optional[str] = None,
+          **kwargs) -> torch.nn.Module:
+    """Construct with `kwargs`, then load `weights` (None, a torchvision weights enum or name, a path, or, for
+    a model with a `timm_name`, a timm pretrained tag).
+
+    With torchvision or timm weights, `num_classes` is checked against the weights' categories, as
+    torchvision does.
     """
     state_dict = None
     if weights is not None:
         if is_checkpoint_path(weights):
             state_dict = torch.load(weights, map_location="cpu", weights_only=True)
             state_dict = state_dict.get("state_dict", state_dict)
+        elif timm_name is not None and isinstance(weights, str):
+            state_dict = _timm_state_dict(timm_name, weights, kwargs)
         else:
             weights = _resolve_torchvision_weights(weights)
             if weights.meta["categories"] is not None:  # None: features-only weights (VGG16 IMAGENET1K_FEATURES)
-                categories = len(weights.meta["categories"])
-                if kwargs.setdefault("num_classes", categories) != categories:
-                    raise ValueError(f"The parameter 'num_classes' expected value {categories} but got "
-                                     f"{kwargs['num_classes']} instead.")
+                _check_num_classes(kwargs, len(weights.meta["categories"]))
             state_dict = weights.get_state_dict(progress=progress, check_hash=True)
     model = model_fn(**kwargs)
     if state_dict is not None:

@@ -36,15 +36,26 @@ class SqueezeExcitation(torchvision.ops.SqueezeExcitation):
         self._gate_name = gate_name
 
     @classmethod
-    def can_adopt(cls, module: torchvision.ops.SqueezeExcitation) -> bool:
-        """Whether fastconv.optimize can swap `module`: its activation and gate are ones the op implements."""
-        return type(module.activation) in _ACTIVATIONS and type(module.scale_activation) in _GATES
+    def _activation_and_gate(cls, module: torch.nn.Module):
+        """torchvision's SqueezeExcitation names them activation/scale_activation, timm's legacy SEModule
+        relu/sigmoid (fc1/fc2 1x1 convs with bias; the same computation, as its forward pools with a mean)."""
+        activation = module.activation if hasattr(module, "activation") else module.relu
+        gate = module.scale_activation if hasattr(module, "scale_activation") else module.sigmoid
+        return activation, gate
 
     @classmethod
-    def adopt(cls, module: torchvision.ops.SqueezeExcitation) -> "SqueezeExcitation":
-        """Turn a torchvision SqueezeExcitation into this class in place (its parameters are kept)."""
-        activation_name = _op_name(_ACTIVATIONS, type(module.activation), "activation")
-        gate_name = _op_name(_GATES, type(module.scale_activation), "scale_activation")
+    def can_adopt(cls, module: torch.nn.Module) -> bool:
+        """Whether fastconv.optimize can swap `module`: its activation and gate are ones the op implements."""
+        activation, gate = cls._activation_and_gate(module)
+        return type(activation) in _ACTIVATIONS and type(gate) in _GATES
+
+    @classmethod
+    def adopt(cls, module: torch.nn.Module) -> "SqueezeExcitation":
+        """Turn an SE module with the same parameters (torchvision's SqueezeExcitation, timm's legacy SEModule)
+        into this class in place, for fastconv.optimize; its parameters are kept."""
+        activation, gate = cls._activation_and_gate(module)
+        activation_name = _op_name(_ACTIVATIONS, type(activation), "activation")
+        gate_name = _op_name(_GATES, type(gate), "scale_activation")
         module.__class__ = cls
         module._activation_name, module._gate_name = activation_name, gate_name
         return module

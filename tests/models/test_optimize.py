@@ -56,3 +56,21 @@ def test_optimize_trained_model_in_place_and_train_mode():
     torch.testing.assert_close(model.train()(x), reference.train()(x), rtol=rtol, atol=atol)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=rtol, atol=atol)
+
+
+def test_optimize_timm_legacy_seresnet50():
+    """timm's SENet blocks: SEModule becomes fastconv.nn.SqueezeExcitation (fastconv.ops.squeeze_excite), the
+    SE bottlenecks fastconv's (BN folded in eval); parameters, keys and outputs unchanged."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = timm.create_model("legacy_seresnet50", pretrained=False, num_classes=10)
+    randomize_batch_norm(reference)
+    optimized = fastconv.optimize(reference)
+    assert optimized.fastconv_swapped == {"SEModule": 16, "SEResNetBottleneck": 16}
+    assert all(isinstance(block.se_module, fastconv.nn.SqueezeExcitation) for block in optimized.layer3)
+    assert list(optimized.state_dict()) == list(reference.state_dict())
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION, dtype=torch.float64)
+    optimized.double().eval(), reference.double().eval()
+    with torch.no_grad():
+        rtol, atol = TOLERANCES[torch.float64]
+        torch.testing.assert_close(optimized(x), reference(x), rtol=rtol, atol=atol)
