@@ -2,7 +2,8 @@
 from fastconv.nn.batchnorm import BatchNorm2d
 from fastconv.nn.conv_norm_act import Conv2dNormActivation, fold_bn
 from fastconv.nn.conv import Conv2d
+from fastconv.nn.deform_conv import DeformConv2d
 from fastconv.nn.shuffle import ChannelShuffle
 from fastconv.nn.squeeze_excite import SqueezeExcitation
 
-__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2d", "Conv2dNormActivation", "SqueezeExcitation", "fold_bn"]
+__all__ = ["BatchNorm2d", "ChannelShuffle", "Conv2d", "Conv2dNormActivation", "DeformConv2d", "SqueezeExcitation", "fold_bn"]
