@@ -39,6 +39,11 @@ namespace {
 constexpr int64_t kColumnTileElements = 1 << 17;
 constexpr int64_t kBackwardTilePixels = 256;
 constexpr int64_t kMaxChannelBlock = 32;
+// Multiply-adds per task below which at::parallel_for keeps tasks together (tiny problems run inline rather
+// than waking the thread pool: gradcheck calls the op thousands of times).
+constexpr int64_t kGrainWork = 1 << 16;
+
+int64_t grain_for(int64_t work_per_task) { return std::max<int64_t>(1, kGrainWork / std::max<int64_t>(work_per_task, 1)); }
 
 struct Strides4 {
   int64_t n = 0, c = 0, h = 0, w = 0;
@@ -152,7 +157,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& offset, const at:
   const Strides4 is(input), os(out);
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
 
-  at::parallel_for(0, g.batch * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
+  const int64_t job_work = tile * columns * g.out_channels;
+  at::parallel_for(0, g.batch * tiles_per_image, grain_for(job_work), [&](int64_t begin, int64_t end) {
     std::vector<SamplePoint<acc_t>> points(g.offset_groups * taps * tile);
     std::vector<acc_t> cols(columns * tile), result(og_out * tile);
     for (int64_t job = begin; job < end; ++job) {
@@ -243,7 +249,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   acc_t* part = want_offset ? partial.mutable_data_ptr<acc_t>() : nullptr;
   acc_t* gw = want_weight ? grad_weight_acc.mutable_data_ptr<acc_t>() : nullptr;
 
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t block_work = g.batch * pixels * taps * block * (og_out + 8);
+  at::parallel_for(0, blocks, grain_for(block_work), [&](int64_t begin, int64_t end) {
     std::vector<SamplePoint<acc_t>> points(taps * tile);
     std::vector<acc_t> go_tile(og_out * tile), grad_cols(block * taps * tile), cols(block * taps * tile);
     std::vector<acc_t> grad_point(3 * taps * tile);  // d/d offset_y, d/d offset_x, d/d mask per (tap, pixel)
@@ -353,7 +360,7 @@ void reduce_partials(const at::Tensor& partial, const DeformGeometry& g, int64_t
   scalar_t* gmask = grad_mask.defined() ? grad_mask.mutable_data_ptr<scalar_t>() : nullptr;
   const Strides4 os = grad_offset.defined() ? Strides4(grad_offset) : Strides4();
   const Strides4 ms = grad_mask.defined() ? Strides4(grad_mask) : Strides4();
-  at::parallel_for(0, g.batch * g.offset_groups * taps, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.batch * g.offset_groups * taps, grain_for(3 * pixels * per_group), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sums(3 * pixels);
     for (int64_t job = begin; job < end; ++job) {
       const int64_t n = job / (g.offset_groups * taps);
