@@ -89,4 +89,15 @@ TORCH_LIBRARY(fastconv, m) {
       "_depthwise_conv2d_backward(Tensor grad_output, Tensor? input, Tensor weight, Tensor? bias, Tensor? output, "
       "SymInt[4] input_size, SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, str? activation, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // deform_conv2d: torchvision.ops.deform_conv2d (weight groups from input.shape[1] / weight.shape[1], offset
+  // groups from offset.shape[1] / (2*kh*kw), DCNv2 modulation when mask is given). Output in input's layout.
+  m.def(
+      "deform_conv2d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, SymInt[2] stride, SymInt[2] padding, "
+      "SymInt[2] dilation, Tensor? mask) -> Tensor");
+  // (grad_input, grad_offset, grad_mask, grad_weight, grad_bias), each undefined where output_mask is false;
+  // grad_mask also when mask is None. grad_input/grad_offset/grad_mask keep input's/offset's/mask's layouts.
+  m.def(
+      "_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool[5] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -392,3 +392,51 @@ def forward_backward(fn):
         return out
 
     return run
+
+
+# DCN-ResNet-50 (Dai et al. 2017 / Zhu et al. 2019, DCNv2): the 3x3 conv2 of every Bottleneck in stages 3-5
+# (layer2..layer4) is deformable, at a 224x224 input: (channels, input size, stride). The first block of a
+# stage downsamples in its 3x3 (torchvision's ResNet v1.5). Plus the 3x3 of a detection neck (FPN level P3 of
+# an 800x1216 image): C = 256 at 100x152.
+DCN_RESNET50_LAYERS = [(128, 56, 2), (128, 28, 1), (256, 28, 2), (256, 14, 1), (512, 14, 2), (512, 7, 1)]
+DETECTION_NECK = (256, (100, 152))
+
+
+def deform_conv2d_cases(device, dtype, memory_format, batches, offset_groups=(1, 4), backward=False,
+                        layers=tuple(DCN_RESNET50_LAYERS), neck=DETECTION_NECK, neck_batches=(1,)) -> List[OpCase]:
+    """Public-function arguments (input, offset, weight, bias, stride, padding, dilation, mask) per layer, DCNv2
+    (with a mask). Offsets ~ N(0, 1) pixels. With backward=True the tensors require grad (fwd+bwd timings)."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    shapes = [(c, (s, s), st, batch, f"dcn_resnet50 C{c} {s}x{s} s{st}") for c, s, st in layers for batch in batches]
+    if neck is not None:
+        shapes += [(neck[0], neck[1], 1, batch, f"detection_neck C{neck[0]} {neck[1][0]}x{neck[1][1]}")
+                   for batch in neck_batches]
+    for channels, (h, w), stride, batch, name in shapes:
+        for groups in offset_groups:
+            out_h, out_w = (h - 1) // stride + 1, (w - 1) // stride + 1
+
+            def make(channels=channels, h=h, w=w, stride=stride, batch=batch, groups=groups, out_h=out_h,
+                     out_w=out_w):
+                def t(*shape, scale=1.0):
+                    return (torch.randn(shape, device=device, dtype=torch.float32) * scale).to(dtype)
+
+                x = t(batch, channels, h, w).contiguous(memory_format=memory_format)
+                offset = t(batch, 2 * groups * 9, out_h, out_w).contiguous(memory_format=memory_format)
+                mask = torch.rand(batch, groups * 9, out_h, out_w, device=device).to(dtype)
+                mask = mask.contiguous(memory_format=memory_format)
+                weight = t(channels, channels, 3, 3, scale=(channels * 9) ** -0.5)
+                bias = t(channels)
+                if backward:
+                    for tensor in (x, offset, mask, weight, bias):
+                        tensor.requires_grad_(True)
+                return (x, offset, weight, bias, (stride, stride), (1, 1), (1, 1), mask)
+
+            moved = (batch * channels * (h * w + out_h * out_w) + batch * groups * 27 * out_h * out_w
+                     + channels * channels * 9) * element
+            if backward:  # read grad_out, input, offset, mask, weight; write every gradient
+                moved *= 2
+            label = (f"{name} og{groups} [{batch}] {layout_name(memory_format)} {dtype_name(dtype)}"
+                     f"{' fwd+bwd' if backward else ''}")
+            cases.append(OpCase("deform_conv2d", label, make, moved))
+    return cases

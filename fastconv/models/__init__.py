@@ -5,6 +5,7 @@ from fastconv.models._registry import get_model, list_models, register_model
 from fastconv.models.inception_resnet_v2 import InceptionResnetV2, inception_resnet_v2  # noqa: F401
 from fastconv.models.inception_v4 import InceptionV4, inception_v4  # noqa: F401
 from fastconv.models.mobilenetv1 import MobileNetV1, mobilenetv1_100  # noqa: F401
+from fastconv.models.dcn_resnet import dcn_resnet50, load_resnet50_state_dict  # noqa: F401
 from fastconv.models.mobilenetv2 import MobileNetV2, mobilenet_v2  # noqa: F401
 from fastconv.models.resnet import (  # noqa: F401
     ResNet, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, resnext101_32x8d, wide_resnet50_2,
@@ -24,7 +25,7 @@ from fastconv.models.shufflenetv2 import (  # noqa: F401
 from fastconv.models.xception import Xception, legacy_xception  # noqa: F401
 
 __all__ = resnet.__all__ + [
-    "MobileNetV2", "ShuffleNetV2", "get_model", "mobilenet_v2", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
+    "MobileNetV2", "ShuffleNetV2", "dcn_resnet50", "get_model", "load_resnet50_state_dict", "mobilenet_v2", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
 ]
 

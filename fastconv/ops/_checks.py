@@ -303,3 +303,123 @@ def check_depthwise_conv2d_backward_args(grad_output, input, weight, bias, outpu
                 f"{op}: output (the forward result) is required for relu/relu6 and must have grad_output's shape"
             )
         _check_same_device_dtype(output, weight, "output")
+
+
+def _deform_companion(other, input, name):
+    if other.device != input.device:
+        raise RuntimeError(f"deform_conv2d: {name} must be on input's device ({input.device}), got {other.device}")
+    if other.dtype != input.dtype:
+        raise RuntimeError(f"deform_conv2d: {name} must have input's dtype ({input.dtype}), got {other.dtype}")
+
+
+def _positive_pair(value, name, minimum):
+    if len(value) != 2 or any(v < minimum for v in value):
+        kind = "positive" if minimum > 0 else "non-negative"
+        raise RuntimeError(f"deform_conv2d: {name} must be two {kind} ints, got {list(value)}")
+
+
+def check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask):
+    """Mirror of check_deform_conv2d_args (csrc/deform_conv2d.h), on (int, int) stride/padding/dilation.
+    Returns (output shape, weight groups, offset groups)."""
+    op = "deform_conv2d"
+    if input.dim() != 4:
+        raise RuntimeError(f"{op}: input must be 4-D (N, C, H, W), got sizes {list(input.shape)}")
+    if offset.dim() != 4:
+        raise RuntimeError(
+            f"{op}: offset must be 4-D (N, 2*offset_groups*kh*kw, H_out, W_out), got sizes {list(offset.shape)}"
+        )
+    if weight.dim() != 4:
+        raise RuntimeError(f"{op}: weight must be 4-D (C_out, C_in / groups, kh, kw), got sizes {list(weight.shape)}")
+    if mask is not None and mask.dim() != 4:
+        raise RuntimeError(
+            f"{op}: mask must be 4-D (N, offset_groups*kh*kw, H_out, W_out), got sizes {list(mask.shape)}"
+        )
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{op}: input must be floating point, got {input.dtype}")
+    _deform_companion(offset, input, "offset")
+    _deform_companion(weight, input, "weight")
+    if mask is not None:
+        _deform_companion(mask, input, "mask")
+    if bias is not None:
+        _deform_companion(bias, input, "bias")
+    _positive_pair(stride, "stride", 1)
+    _positive_pair(padding, "padding", 0)
+    _positive_pair(dilation, "dilation", 1)
+    n, channels, h, w = input.shape
+    out_channels, per_group, kh, kw = weight.shape
+    if kh <= 0 or kw <= 0:
+        raise RuntimeError(f"{op}: weight kernel size must be positive, got weight sizes {list(weight.shape)}")
+    if per_group <= 0 or channels % per_group != 0:
+        raise RuntimeError(
+            f"{op}: weight.shape[1] ({per_group}) must divide input.shape[1] ({channels}): "
+            "weight groups = C_in / weight.shape[1]"
+        )
+    groups = channels // per_group
+    if out_channels % groups != 0:
+        raise RuntimeError(
+            f"{op}: weight.shape[0] ({out_channels}) must be divisible by the weight groups ({groups} = "
+            "input.shape[1] / weight.shape[1])"
+        )
+    taps = kh * kw
+    if offset.shape[1] <= 0 or offset.shape[1] % (2 * taps) != 0:
+        raise RuntimeError(
+            f"{op}: offset.shape[1] is not valid: got {offset.shape[1]}, expected 2*offset_groups*kh*kw, "
+            f"a positive multiple of 2*{kh}*{kw} = {2 * taps}"
+        )
+    offset_groups = offset.shape[1] // (2 * taps)
+    if channels % offset_groups != 0:
+        raise RuntimeError(
+            f"{op}: input.shape[1] ({channels}) must be divisible by offset_groups ({offset_groups} = "
+            "offset.shape[1] / (2*kh*kw))"
+        )
+    if mask is not None and mask.shape[1] != offset_groups * taps:
+        raise RuntimeError(
+            f"{op}: mask.shape[1] is not valid: got {mask.shape[1]}, expected offset_groups*kh*kw = "
+            f"{offset_groups}*{kh}*{kw} = {offset_groups * taps}"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise RuntimeError(f"{op}: bias must have shape ({out_channels},), got {list(bias.shape)}")
+    span_h = h + 2 * padding[0] - (dilation[0] * (kh - 1) + 1)
+    span_w = w + 2 * padding[1] - (dilation[1] * (kw - 1) + 1)
+    out_h = span_h // stride[0] + 1
+    out_w = span_w // stride[1] + 1
+    if span_h < 0 or span_w < 0 or out_h <= 0 or out_w <= 0:
+        raise RuntimeError(
+            f"{op}: the output size is empty: input (H, W) = ({h}, {w}) with padding {list(padding)}, "
+            f"dilation {list(dilation)} and kernel ({kh}, {kw})"
+        )
+    if offset.shape[0] != n:
+        raise RuntimeError(f"{op}: offset.shape[0] is not valid: got {offset.shape[0]}, expected input.shape[0] = {n}")
+    if tuple(offset.shape[2:]) != (out_h, out_w):
+        raise RuntimeError(
+            f"{op}: offset spatial size is not valid: got ({offset.shape[2]}, {offset.shape[3]}), expected the "
+            f"output size ({out_h}, {out_w})"
+        )
+    if mask is not None:
+        if mask.shape[0] != n:
+            raise RuntimeError(f"{op}: mask.shape[0] is not valid: got {mask.shape[0]}, expected input.shape[0] = {n}")
+        if tuple(mask.shape[2:]) != (out_h, out_w):
+            raise RuntimeError(
+                f"{op}: mask spatial size is not valid: got ({mask.shape[2]}, {mask.shape[3]}), expected the "
+                f"output size ({out_h}, {out_w})"
+            )
+    return (n, out_channels, out_h, out_w), groups, offset_groups
+
+
+def check_deform_conv2d_backward_args(grad_output, input, offset, weight, mask, stride, padding, dilation):
+    """Mirror of check_deform_conv2d_backward_args (csrc/deform_conv2d.h)."""
+    out_shape, _, _ = check_deform_conv2d_args(input, offset, weight, None, stride, padding, dilation, mask)
+    if grad_output.dim() != 4 or tuple(grad_output.shape) != tuple(out_shape):
+        raise RuntimeError(
+            f"_deform_conv2d_backward: grad_output must have shape {list(out_shape)}, got {list(grad_output.shape)}"
+        )
+    _deform_companion(grad_output, input, "grad_output")
+
+
+def deform_pair(value, name):
+    """torchvision's _pair for stride/padding/dilation: an int or a pair of ints."""
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (value[0], value[1])
+    raise RuntimeError(f"deform_conv2d: {name} must be an int or a pair of ints, got {value!r}")
