@@ -115,6 +115,10 @@ def _op_suite(device, quick):
                            fastconv.ops.squeeze_excite, _reference.squeeze_excite),
         "depthwise_conv2d": (cases(lambda d, f: _bench.depthwise_conv2d_cases(device, d, f, batches)),
                              fastconv.ops.depthwise_conv2d, _bench.depthwise_conv2d_reference),
+        # DCN-ResNet-50 stages 3-5 and a detection neck; "reference" is the plain-ATen composition (the bench in
+        # benches/ also compares with torchvision.ops.deform_conv2d).
+        "deform_conv2d": (cases(lambda d, f: _bench.deform_conv2d_cases(device, d, f, batches[:1], neck=None)),
+                          fastconv.ops.deform_conv2d, _reference.deform_conv2d),
         # Training cases carry the output gradient: timed as a whole step (forward + backward).
         "batch_norm_act": (cases(bn_cases), _bench.batch_norm_act_step(fastconv.ops.batch_norm_act),
                            _bench.batch_norm_act_step(_reference.batch_norm_act)),

@@ -53,6 +53,18 @@ def cases():
                ops.depthwise_conv2d(dw_in, dw_w, dw_b, stride, dilation * (kernel // 2), dilation, "relu6")
                .float().sum().backward())
 
+    for dtype, channels_last, offset_groups in ((torch.float32, False, 1), (torch.float16, True, 2),
+                                                (torch.float32, True, 4)):
+        dc_in = _leaf(2, 8, 9, 7, dtype=dtype, channels_last=channels_last)
+        # offsets of a few pixels: samples land across the border (the zero-padding paths)
+        dc_offset = (3 * torch.randn(2, 2 * offset_groups * 9, 5, 3, device=DEVICE)).to(dtype).requires_grad_()
+        dc_mask = torch.rand(2, offset_groups * 9, 5, 3, device=DEVICE).to(dtype).requires_grad_()
+        dc_w, dc_b = _leaf(6, 4, 3, 3, dtype=dtype), _leaf(6, dtype=dtype)
+        yield (f"deform_conv2d {dtype} channels_last={channels_last} offset_groups={offset_groups} fwd+bwd",
+               lambda dc_in=dc_in, dc_offset=dc_offset, dc_mask=dc_mask, dc_w=dc_w, dc_b=dc_b:
+               ops.deform_conv2d(dc_in, dc_offset, dc_w, dc_b, stride=(2, 2), padding=(1, 1), dilation=(1, 2),
+                                 mask=dc_mask).float().sum().backward())
+
     for dtype, channels_last, training in ((torch.float32, False, True), (torch.float16, True, True),
                                            (torch.float32, True, False)):
         bn_in = _leaf(3, 9, 5, 7, dtype=dtype, channels_last=channels_last)
