@@ -34,7 +34,6 @@ FLOPs saved per threshold) is in the README ("Own models") and printed by ``exam
 fastconv: every conv-BN-ReLU is a fastconv.nn.Conv2dNormActivation (folded in eval, conv + fused BN-ReLU
 through fastconv.ops.batch_norm_act in training).
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -192,7 +191,7 @@ class SmartNet(nn.Module):
         state_dict holds only those and loads into ``smartnet(num_exits=num_exits, <same config>)``."""
         truncated = SmartNet(**self.config, num_exits=num_exits)
         state = {k: v for k, v in self.state_dict().items() if k in truncated.state_dict()}
-        truncated.load_state_dict(copy.deepcopy(state), strict=True)
+        truncated.load_state_dict(state, strict=True)  # copies the values
         return truncated.train(self.training)
 
     def exit_parameters(self, index: int) -> List[nn.Parameter]:

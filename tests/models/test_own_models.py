@@ -13,7 +13,7 @@ from fastconv.models.highway import HighwayConv2d
 from fastconv.models.pyramidnet import BasicUnit, BottleneckUnit
 from fastconv.models.shufflenetv1 import ShuffleNetV1Unit
 from test_zoo import randomize_batch_norm, reference_builder
-from tolerances import DEEP_NETWORK_GRAD_FLOAT64, TOLERANCES
+from tolerances import TOLERANCES
 
 # (input channels, resolution, batch) per model: the smallest inputs each net reduces to >= 1x1 (fast on 2 cores).
 INPUTS = {
@@ -210,7 +210,7 @@ def test_pyramidnet_unit_equals_plain_torch(bottleneck):
     torch.testing.assert_close(out, expected, rtol=rtol, atol=atol)
     grad, = torch.autograd.grad(out.sin().sum(), x)
     expected_grad, = torch.autograd.grad(expected.sin().sum(), x)
-    torch.testing.assert_close(grad, expected_grad, rtol=DEEP_NETWORK_GRAD_FLOAT64[0], atol=DEEP_NETWORK_GRAD_FLOAT64[1])
+    torch.testing.assert_close(grad, expected_grad, rtol=rtol, atol=atol)
 
 
 # --- ShuffleNet v1 ------------------------------------------------------------------------------------------
