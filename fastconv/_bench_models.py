@@ -19,6 +19,13 @@ MODEL_KWARGS = {"deeplabv3_resnet50": dict(weights_backbone=None)}
 MIN_RESOLUTION = {"inception_v3": 75}
 
 
+def has_reference(name):
+    """Whether torchvision has `name` (models fastconv defines itself, e.g. lenet5 or smartnet, do not)."""
+    import torchvision
+
+    return REFERENCE_NAMES.get(name, name) in torchvision.models.list_models()
+
+
 def reference_model(name, **kwargs):
     import torchvision
 
