@@ -249,7 +249,8 @@ def _check(args):
     import fastconv
     from fastconv import _bench_models
 
-    names = fastconv.models.list_models() if not args.models else args.models.split(",")
+    names = ([n for n in fastconv.models.list_models() if _bench_models.has_reference(n)] if not args.models
+             else args.models.split(","))
     failures = 0
     print(f"{'model':<22} {'keys':<6} {'relative max error':>20}  (eval, float64, {args.resolution} px, vs torchvision or timm)")
     for name in names:
@@ -281,7 +282,8 @@ def main(argv=None):
                             "(default: the one in use, see `info`); only this device's measured entries change")
     bench.set_defaults(run=_bench)
     check = commands.add_parser("check", help="zoo parity: every model against its torchvision reference")
-    check.add_argument("--models", help="comma-separated models (default: all registered)")
+    check.add_argument("--models", help="comma-separated models (default: every registered model with a "
+                                        "torchvision reference)")
     check.add_argument("--resolution", type=int, default=64, help="input size (default 64)")
     check.set_defaults(run=_check)
     args = parser.parse_args(argv)

@@ -15,19 +15,28 @@ REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
 # Arguments both builders get here: nothing to download (torchvision's deeplabv3_resnet50 fetches an ImageNet
 # backbone by default; the weights are random anyway).
 MODEL_KWARGS = {"deeplabv3_resnet50": dict(weights_backbone=None)}
-# Inputs smaller than this fail inside the network (torchvision's weights' min_size).
-MIN_RESOLUTION = {"inception_v3": 75}
-
-
-# The smallest input the nets with unpadded stems take (Inception v4 / Inception-ResNet v2 reach a 1x1 grid).
-MIN_RESOLUTION = {"inception_v4": 75, "inception_resnet_v2": 75}
+# Inputs smaller than this fail inside the network (torchvision's weights' min_size; Inception v4 and
+# Inception-ResNet v2 do not pad their stems and reach a 1x1 grid at 75 px).
+MIN_RESOLUTION = {"inception_v3": 75, "inception_v4": 75, "inception_resnet_v2": 75}
 
 
 def reference_library(name):
-    """"torchvision" when torchvision has the network, else "timm" (the timm-compatible models)."""
+    """"torchvision" when torchvision has the network, "timm" when timm has it (the timm-compatible models),
+    else None (models fastconv defines itself, e.g. lenet5 or smartnet)."""
     import torchvision
 
-    return "torchvision" if REFERENCE_NAMES.get(name, name) in torchvision.models.list_models() else "timm"
+    reference_name = REFERENCE_NAMES.get(name, name)
+    if reference_name in torchvision.models.list_models():
+        return "torchvision"
+    try:
+        import timm
+    except ImportError:
+        return None
+    return "timm" if reference_name in timm.list_models() else None
+
+
+def has_reference(name):
+    return reference_library(name) is not None
 
 
 def reference_model(name, **kwargs):

@@ -1,0 +1,34 @@
+"""Multiply-add counts, the "FLOPs" the papers report (ShuffleNet, MSDNet, ... count one multiply-add as one
+FLOP), measured by running the code: ``torch.utils.flop_counter.FlopCounterMode`` sees every convolution
+and matrix product at dispatch, whatever module structure or fused path (folded BN) issued it.
+
+fastconv's depthwise op is a custom op the counter does not know; its formula is registered here (a
+grouped convolution with one input channel per group).
+"""
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+
+@register_flop_formula(torch.ops.fastconv.depthwise_conv2d)
+def _depthwise_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    kernel_height, kernel_width = weight_shape[-2:]
+    batch, out_channels, out_height, out_width = out_shape
+    return 2 * batch * out_channels * out_height * out_width * kernel_height * kernel_width
+
+
+@contextlib.contextmanager
+def multiply_add_counter() -> Iterator[Callable[[], int]]:
+    """``with multiply_add_counter() as count: ...``: ``count()`` is the multiply-adds run so far in the
+    block (which runs without autograd)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        yield lambda: counter.get_total_flops() // 2
+
+
+def multiply_adds(fn: Callable, *args, **kwargs) -> int:
+    """Multiply-adds of the convolutions and matrix products ``fn(*args, **kwargs)`` runs."""
+    with multiply_add_counter() as count:
+        fn(*args, **kwargs)
+    return count()
