@@ -1,10 +1,25 @@
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv
 from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from tolerances import TOLERANCES
 from fastconv.ops._checks import resolve_conv2d_act_args
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Most cases here are tiny and the gradchecks call the op hundreds of times. On a machine shared with other
+    jobs, every OpenMP parallel region ATen opens for a small convolution can wait a whole scheduler quantum
+    (measured: 60-160 ms per 1x4x5x5 convolution at 2 threads under load, 10 us at 1), so the file runs on
+    one thread; test_parallel_forward_equals_one_thread covers the multi-threaded passes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _activate(x, activation):
@@ -146,7 +161,7 @@ def test_backward_op_opcheck(backend, device, activation):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("backend, device", KERNEL_BACKENDS)  # the reference is plain ATen: inductor's business
 def test_compile_fullgraph(backend, device, layout):
     harness.check_compile(SAMPLES[3], backend, device, layout)
 
@@ -182,7 +197,7 @@ def test_output_keeps_the_input_layout_whatever_the_weight():
 
 @pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
 def test_depthwise_configurations_route_to_depthwise_conv2d(backend, device, monkeypatch):
-    from fastconv.ops import conv2d_act as module
+    module = sys.modules["fastconv.ops.conv2d_act"]  # the attribute fastconv.ops.conv2d_act is the function
 
     calls = []
     implementations = dict(module._DEPTHWISE_OP.implementations)
@@ -283,3 +298,22 @@ def test_backward_op_rejects_bad_grad_output():
     with pytest.raises(RuntimeError, match="output .* is required for relu"):
         torch.ops.fastconv._conv2d_act_backward(torch.randn(2, 6, 8, 8), X, W, None, None, [2, 4, 8, 8], [1, 1],
                                                 [1, 1, 1, 1], [1, 1], 2, "relu", [True, True, False])
+
+
+@pytest.mark.parametrize("activation", ["relu6", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_parallel_forward_equals_one_thread(activation, dtype):
+    """The activation and derivative passes split the output across threads (at::parallel_for, 32768-element
+    grains): with 2 threads and a 4-grain output the results equal the one-thread run."""
+    x = torch.randn(2, 16, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = (torch.randn(32, 16, 1, 1) / 4).to(dtype).requires_grad_(True)
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        out = fastconv.ops.conv2d_act(x, w, None, 1, 0, 1, 1, activation)
+        runs.append((out,) + torch.autograd.grad(out, x, torch.ones_like(out)))
+    rtol, atol = TOLERANCES[dtype]
+    for single, parallel in zip(*runs):
+        torch.testing.assert_close(single, parallel, rtol=rtol, atol=atol)
+    torch.testing.assert_close(runs[1][0].double(), reference64(x.double(), w.double(), None, 1, 0, 1, 1, activation),
+                               rtol=rtol, atol=atol)
