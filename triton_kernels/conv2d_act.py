@@ -134,18 +134,18 @@ def conv2d_act(input, weight, bias, stride, padding, dilation, groups, activatio
 
 
 def _preactivation_grad(grad_output, input, weight, bias, output, stride, padding, dilation, groups, activation,
-                        layout):
-    """grad_output * activation'(...) in the weight's dtype (convolution_backward's), dense in `layout`."""
+                        layout, compute):
+    """grad_output * activation'(...) in `compute` dtype (convolution_backward's), dense in `layout`."""
     grad = _with_layout(grad_output.contiguous(memory_format=layout), layout)
     if activation is None:
-        return grad
+        return grad.to(compute)
     if activation in ("hardswish", "silu"):  # recompute the pre-activation (see fastconv/ops/conv2d_act.py)
         value = conv2d_act(input, weight, bias, stride, padding, dilation, groups, None,
                            out_dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
     else:
         value = output
     value = _with_layout(value.contiguous(memory_format=layout), layout)
-    result = torch.empty_like(grad)
+    result = torch.empty_like(grad, dtype=compute)
     total = result.numel()
     _preactivation_grad_kernel[(triton.cdiv(total, ELEMENTWISE_BLOCK),)](
         grad, value, result, total, ACT=ACTIVATION_CODES[activation], BLOCK=ELEMENTWISE_BLOCK,
@@ -164,23 +164,29 @@ def conv2d_act_backward(grad_output, input, weight, bias, output, input_size, st
                 if output_mask[0] else None,
                 torch.zeros_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else None,
                 weight.new_zeros((oc,)) if output_mask[2] else None)
+    # float16/bfloat16 on CPU tensors (the interpreter): ATen's CPU convolution backward rounds partial sums to
+    # the reduced type, so it runs in float32 there (as csrc/cpu/conv2d_act.cpp); cuDNN accumulates in float.
+    dtype = weight.dtype
+    compute = torch.float32 if weight.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16) else dtype
     grad_pre = _preactivation_grad(grad_output, input, weight, bias, output, stride, padding, dilation, groups,
-                                   activation, layout)
+                                   activation, layout, compute)
     # convolution_backward reads the input only for grad_weight; otherwise its shape and layout suffice.
-    x = input if input is not None else torch.empty(input_size, dtype=weight.dtype, device=weight.device,
-                                                    memory_format=layout)
+    x = input.to(compute) if input is not None else torch.empty(input_size, dtype=compute, device=weight.device,
+                                                                memory_format=layout)
     top, bottom, left, right = padding
     symmetric = top == bottom and left == right
     if not symmetric:
         x = torch.nn.functional.pad(x, (left, right, top, bottom))
     grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        grad_pre, x, weight.contiguous(memory_format=layout), [oc], list(stride),
+        grad_pre, x, weight.to(compute).contiguous(memory_format=layout), [oc], list(stride),
         [top, left] if symmetric else [0, 0], list(dilation), False, [0, 0], groups, list(output_mask),
     )
     if grad_input is not None:
         if not symmetric:
             grad_input = grad_input[:, :, top:top + input_size[2], left:left + input_size[3]]
-        grad_input = _with_layout(grad_input, layout)
+        grad_input = _with_layout(grad_input.to(dtype), layout)
     if grad_weight is not None:
-        grad_weight = _with_layout(grad_weight, torch.contiguous_format)
+        grad_weight = _with_layout(grad_weight.to(dtype), torch.contiguous_format)
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(dtype)
     return grad_input, grad_weight, grad_bias
