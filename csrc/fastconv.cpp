@@ -100,4 +100,17 @@ TORCH_LIBRARY(fastconv, m) {
       "_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, "
       "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool[5] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // conv2d_act: F.conv2d (any groups) then an activation (None, relu, relu6, hardswish, silu): the eval form
+  // of conv-BN-act after fold_bn. Padding explicit (top, bottom, left, right), like depthwise_conv2d.
+  m.def(
+      "conv2d_act(Tensor input, Tensor weight, Tensor? bias, SymInt[2] stride, SymInt[4] padding, "
+      "SymInt[2] dilation, SymInt groups, str? activation) -> Tensor");
+  // (grad_input, grad_weight, grad_bias), each undefined where output_mask is false; the same contract as
+  // _depthwise_conv2d_backward: `input` for grad_weight and for hardswish/silu (pre-activation recomputed),
+  // `output` for relu/relu6.
+  m.def(
+      "_conv2d_act_backward(Tensor grad_output, Tensor? input, Tensor weight, Tensor? bias, Tensor? output, "
+      "SymInt[4] input_size, SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups, str? activation, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

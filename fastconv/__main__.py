@@ -115,6 +115,10 @@ def _op_suite(device, quick):
                            fastconv.ops.squeeze_excite, _reference.squeeze_excite),
         "depthwise_conv2d": (cases(lambda d, f: _bench.depthwise_conv2d_cases(device, d, f, batches)),
                              fastconv.ops.depthwise_conv2d, _bench.depthwise_conv2d_reference),
+        # Eval conv-BN-act on every MobileNetV2 / ResNet-50 conv layer: the three ATen ops (conv, BN, act) vs
+        # conv2d_act on the folded parameters.
+        "conv2d_act": (cases(lambda d, f: _bench.conv2d_act_cases(device, d, f, batches)), _bench.conv_bn_act_fused,
+                       _bench.conv_bn_act_reference),
         # DCN-ResNet-50 stages 3-5 and a detection neck; "reference" is the plain-ATen composition (the bench in
         # benches/ also compares with torchvision.ops.deform_conv2d).
         "deform_conv2d": (cases(lambda d, f: _bench.deform_conv2d_cases(device, d, f, batches[:1], neck=None)),

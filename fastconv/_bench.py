@@ -40,6 +40,7 @@ class OpCase:
     label: str
     make_inputs: Callable[[], tuple]  # fresh inputs on the target device
     bytes_moved: int  # minimum bytes a kernel must read + write
+    flops: int = 0  # floating-point operations per call, for compute-bound ops (convolutions)
 
 
 def channel_shuffle_cases(device, dtype, memory_format, batches, multipliers) -> List[OpCase]:
@@ -439,4 +440,135 @@ def deform_conv2d_cases(device, dtype, memory_format, batches, offset_groups=(1,
             label = (f"{name} og{groups} [{batch}] {layout_name(memory_format)} {dtype_name(dtype)}"
                      f"{' fwd+bwd' if backward else ''}")
             cases.append(OpCase("deform_conv2d", label, make, moved))
+    return cases
+
+
+# --- conv2d_act / conv-BN-act --------------------------------------------------------------------------------
+# Every convolution of the real networks at a 224x224 input, as (c_in, c_out, input size, kernel, stride, groups,
+# activation after its BN), duplicates removed (a layer shape that repeats is timed once).
+def _mobilenet_v2_conv_layers():
+    """MobileNetV2 (Sandler et al. 2018, Table 2): stem, then per inverted residual the 1x1 expansion (relu6,
+    absent for t=1), the depthwise 3x3 (relu6) and the 1x1 linear projection; the last 1x1 to 1280."""
+    layers = [(3, 32, 224, 3, 2, 1, "relu6")]
+    c_in, size = 32, 112
+    for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1)):
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = c_in * t
+            if t != 1:
+                layers.append((c_in, hidden, size, 1, 1, 1, "relu6"))
+            layers.append((hidden, hidden, size, 3, stride, hidden, "relu6"))
+            size //= stride
+            layers.append((hidden, c, size, 1, 1, 1, None))
+            c_in = c
+    layers.append((320, 1280, 7, 1, 1, 1, "relu6"))
+    return layers
+
+
+def _resnet50_conv_layers():
+    """ResNet-50 (torchvision, v1.5: the stride on the 3x3): stem 7x7, per bottleneck 1x1 (relu), 3x3 (relu),
+    1x1 expansion (no activation before the residual add), and the stride-s 1x1 downsample of each stage."""
+    layers = [(3, 64, 224, 7, 2, 1, "relu")]
+    c_in, size = 64, 56
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            layers.append((c_in, width, size, 1, 1, 1, "relu"))
+            layers.append((width, width, size, 3, s, 1, "relu"))
+            if i == 0:
+                layers.append((c_in, width * 4, size, 1, s, 1, None))  # downsample
+            size //= s
+            layers.append((width, width * 4, size, 1, 1, 1, None))
+            c_in = width * 4
+    return layers
+
+
+def _shufflenet_v2_pointwise_layers(stages=SHUFFLENET_V2_STAGES["x1.0"]):
+    """ShuffleNetV2 x1.0's 1x1 convolutions (all relu): per stage the stride-2 unit's branch-1 1x1 (after its
+    depthwise), branch-2 first 1x1 (before the stride) and last 1x1, the stride-1 units' 1x1s; then conv5."""
+    layers = []
+    c_in, size = 24, 56
+    for channels in stages:
+        half = channels // 2
+        layers += [(c_in, half, size // 2, 1, 1, 1, "relu"), (c_in, half, size, 1, 1, 1, "relu"),
+                   (half, half, size // 2, 1, 1, 1, "relu")]
+        c_in, size = channels, size // 2
+    layers.append((stages[-1], 1024, 7, 1, 1, 1, "relu"))
+    return layers
+
+
+def _unique(layers):
+    return list(dict.fromkeys(layers))
+
+
+CONV_LAYERS = {
+    "mobilenet_v2": _unique(_mobilenet_v2_conv_layers()),
+    "resnet50": _unique(_resnet50_conv_layers()),
+    "shufflenet_v2_x1.0_1x1": _unique(_shufflenet_v2_pointwise_layers()),
+}
+
+
+def conv_layer_label(network, layer):
+    c_in, c_out, size, kernel, stride, groups, activation = layer
+    kind = "dw" if groups == c_in and groups > 1 else ("g" if groups > 1 else "")
+    return f"{network} {kind}{kernel}x{kernel} s{stride} {c_in}->{c_out}@{size} {activation or 'linear'}"
+
+
+def make_conv_bn_act_inputs(layer, batch, device, dtype, memory_format, requires_grad=False):
+    """(x, weight, bn_weight, bn_bias, running_mean, running_var, folded_weight, folded_bias, stride, padding,
+    groups, activation): a conv (no bias) + eval BN, and the same pair folded (fastconv.nn.fold_bn's formula)."""
+    c_in, c_out, size, kernel, stride, groups, activation = layer
+    options = dict(device=device, dtype=dtype)
+    x = torch.randn(batch, c_in, size, size, **options).contiguous(memory_format=memory_format)
+    weight = torch.randn(c_out, c_in // groups, kernel, kernel, **options) / (c_in // groups * kernel * kernel) ** 0.5
+    weight = weight.contiguous(memory_format=memory_format)
+    bn_weight, bn_bias = torch.rand(c_out, **options) + 0.5, torch.randn(c_out, **options)
+    mean, var = torch.randn(c_out, **options) * 0.1, torch.rand(c_out, **options) + 0.5
+    scale = bn_weight.double() * torch.rsqrt(var.double() + 1e-5)
+    folded_weight = (weight.double() * scale.reshape(-1, 1, 1, 1)).to(dtype).contiguous(memory_format=memory_format)
+    folded_bias = (bn_bias.double() - mean.double() * scale).to(dtype)
+    if requires_grad:
+        for t in (x, folded_weight, folded_bias):
+            t.requires_grad_(True)
+    return (x, weight, bn_weight, bn_bias, mean, var, folded_weight, folded_bias, stride, (kernel - 1) // 2, groups,
+            activation)
+
+
+_EAGER_ACTIVATIONS = {None: lambda x: x, "relu": torch.relu, "relu6": torch.nn.functional.relu6,
+                      "hardswish": torch.nn.functional.hardswish, "silu": torch.nn.functional.silu}
+
+
+def conv_bn_act_reference(x, weight, bn_weight, bn_bias, mean, var, folded_weight, folded_bias, stride, padding,
+                          groups, activation):
+    """What an unfused eval conv-BN-act runs: three ATen ops (convolution, batch_norm, activation)."""
+    out = torch.nn.functional.conv2d(x, weight, None, stride, padding, 1, groups)
+    out = torch.nn.functional.batch_norm(out, mean, var, bn_weight, bn_bias, False, 0.0, 1e-5)
+    return _EAGER_ACTIVATIONS[activation](out)
+
+
+def conv_bn_act_fused(x, weight, bn_weight, bn_bias, mean, var, folded_weight, folded_bias, stride, padding, groups,
+                      activation):
+    """The fused eval form: one fastconv.ops.conv2d_act on the folded parameters (folded once, as the cached
+    fastconv.nn.Conv2dNormActivation does)."""
+    return fastconv.ops.conv2d_act(x, folded_weight, folded_bias, stride, padding, 1, groups, activation)
+
+
+def conv2d_act_cases(device, dtype, memory_format, batches, networks=tuple(CONV_LAYERS)) -> List[OpCase]:
+    """Eval conv-BN-act per layer, inputs for conv_bn_act_reference / conv_bn_act_fused. bytes_moved = read x
+    and the weight, write the output (the fused minimum); flops = 2 * N * H_out * W_out * C_out * K."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    for network in networks:
+        for layer in CONV_LAYERS[network]:
+            c_in, c_out, size, kernel, stride, groups, _ = layer
+            for batch in batches:
+                out_size = (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
+                moved = (batch * (c_in * size * size + c_out * out_size * out_size)
+                         + c_out * c_in // groups * kernel * kernel) * element
+                flops = 2 * batch * out_size * out_size * c_out * c_in // groups * kernel * kernel
+                label = f"{conv_layer_label(network, layer)} b{batch} {layout_name(memory_format)} {dtype_name(dtype)}"
+                make = (lambda layer=layer, batch=batch:
+                        make_conv_bn_act_inputs(layer, batch, device, dtype, memory_format))
+                cases.append(OpCase("conv2d_act", label, make, moved, flops))
     return cases

@@ -53,6 +53,17 @@ def cases():
                ops.depthwise_conv2d(dw_in, dw_w, dw_b, stride, dilation * (kernel // 2), dilation, "relu6")
                .float().sum().backward())
 
+    for dtype, channels_last, kernel, stride, groups, activation in (
+        (torch.float32, False, 3, 1, 1, "relu"), (torch.float16, True, 1, 1, 1, "relu6"),
+        (torch.bfloat16, True, 3, 2, 2, "hardswish"), (torch.float32, True, 5, 1, 4, None),
+    ):
+        ca_in = _leaf(3, 8, 11, 9, dtype=dtype, channels_last=channels_last)
+        ca_w, ca_b = _leaf(12, 8 // groups, kernel, kernel, dtype=dtype), _leaf(12, dtype=dtype)
+        yield (f"conv2d_act {dtype} {kernel}x{kernel} s{stride} g{groups} {activation} channels_last={channels_last}",
+               lambda ca_in=ca_in, ca_w=ca_w, ca_b=ca_b, stride=stride, kernel=kernel, groups=groups,
+               activation=activation: ops.conv2d_act(ca_in, ca_w, ca_b, stride, kernel // 2, 1, groups, activation)
+               .float().sum().backward())
+
     for dtype, channels_last, offset_groups in ((torch.float32, False, 1), (torch.float16, True, 2),
                                                 (torch.float32, True, 4)):
         dc_in = _leaf(2, 8, 9, 7, dtype=dtype, channels_last=channels_last)

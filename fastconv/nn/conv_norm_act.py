@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from fastconv import ops
 from fastconv.nn.batchnorm import batch_norm_module
 
 # Activation modules a fused op can apply in its epilogue, by the op's activation name.
@@ -62,9 +63,9 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def conv2d_activation(x, weight, bias, stride, padding, dilation, groups, activation: Optional[str]):
-    """Convolution with bias and activation in the epilogue (the eval form of conv-BN-act)."""
-    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return out if activation is None else _APPLY[activation](out)
+    """Convolution with bias and activation in the epilogue (the eval form of conv-BN-act):
+    fastconv.ops.conv2d_act, which routes depthwise configurations to depthwise_conv2d on CUDA/Triton."""
+    return ops.conv2d_act(x, weight, bias, stride, padding, dilation, groups, activation)
 
 
 class Adoptable:

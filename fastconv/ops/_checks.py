@@ -165,39 +165,43 @@ def check_squeeze_excite_args(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
 DEPTHWISE_ACTIVATIONS = (None, "relu", "relu6", "hardswish", "silu")
 
 
-def _int_pair(value, name):
+def _int_pair(value, name, op="depthwise_conv2d"):
     if isinstance(value, int):
         return (value, value)
     if isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(isinstance(v, int) for v in value):
         return (value[0], value[-1])
-    raise RuntimeError(f"depthwise_conv2d: {name} must be an int or a pair of ints, got {value!r}")
+    raise RuntimeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
 
 
-def resolve_depthwise_conv2d_args(weight, stride, padding, dilation):
+def resolve_conv_args(weight, stride, padding, dilation, op, weight_form):
     """F.conv2d's stride/padding/dilation forms -> (stride, (top, bottom, left, right), dilation).
 
     padding: int, (ph, pw), "valid" (no padding) or "same" (stride 1 only, as F.conv2d; the odd extra
     element of an even total goes to the bottom/right, exactly as ATen's _convolution_mode splits it).
+    `op` and `weight_form` (e.g. "have shape (C*m, 1, kh, kw)") word the errors.
     """
-    stride = _int_pair(stride, "stride")
-    dilation = _int_pair(dilation, "dilation")
+    stride = _int_pair(stride, "stride", op)
+    dilation = _int_pair(dilation, "dilation", op)
     if isinstance(padding, str):
         if padding == "valid":
             return stride, (0, 0, 0, 0), dilation
         if padding != "same":
-            raise RuntimeError(f"depthwise_conv2d: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+            raise RuntimeError(f"{op}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
         if stride != (1, 1):
-            raise RuntimeError("depthwise_conv2d: padding='same' is not supported for strided convolutions "
-                               f"(stride={stride})")
+            raise RuntimeError(f"{op}: padding='same' is not supported for strided convolutions (stride={stride})")
         if weight.dim() != 4:
-            raise RuntimeError(f"depthwise_conv2d: weight must have shape (C*m, 1, kh, kw), got {list(weight.shape)}")
+            raise RuntimeError(f"{op}: weight must {weight_form}, got {list(weight.shape)}")
         pads = []
         for d, k in zip(dilation, weight.shape[2:]):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         return stride, tuple(pads), dilation
-    ph, pw = _int_pair(padding, "padding")
+    ph, pw = _int_pair(padding, "padding", op)
     return stride, (ph, ph, pw, pw), dilation
+
+
+def resolve_depthwise_conv2d_args(weight, stride, padding, dilation):
+    return resolve_conv_args(weight, stride, padding, dilation, "depthwise_conv2d", "have shape (C*m, 1, kh, kw)")
 
 
 def _depthwise_geometry(input_size, weight, stride, padding, dilation):
@@ -423,3 +427,120 @@ def deform_pair(value, name):
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return (value[0], value[1])
     raise RuntimeError(f"deform_conv2d: {name} must be an int or a pair of ints, got {value!r}")
+
+
+# --- conv2d_act ----------------------------------------------------------------------------------------------
+def resolve_conv2d_act_args(weight, stride, padding, dilation, groups):
+    """resolve_conv_args for conv2d_act, plus groups (a positive int)."""
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise RuntimeError(f"conv2d_act: groups must be an int, got {groups!r}")
+    stride, padding, dilation = resolve_conv_args(weight, stride, padding, dilation, "conv2d_act",
+                                                  "be 4-D (C_out, C_in / groups, kh, kw)")
+    return stride, padding, dilation, groups
+
+
+def _conv_output_size(length, pad_sum, dilation, kernel, stride):
+    span = length + pad_sum - dilation * (kernel - 1) - 1
+    return 0 if span < 0 else span // stride + 1
+
+
+def conv2d_act_geometry(input_size, weight, stride, padding, dilation, groups):
+    """Mirror of conv2d_act_geometry (csrc/conv2d_act.h); returns the output shape."""
+    op = "conv2d_act"
+    if len(input_size) != 4:
+        raise RuntimeError(f"{op}: input must be 4-D (N, C, H, W), got sizes {list(input_size)}")
+    if weight.dim() != 4:
+        raise RuntimeError(f"{op}: weight must be 4-D (C_out, C_in / groups, kh, kw), got sizes {list(weight.shape)}")
+    if groups <= 0:
+        raise RuntimeError(f"{op}: groups must be positive, got {groups}")
+    n, in_channels, h, w = input_size
+    out_channels, per_group, kh, kw = weight.shape
+    if in_channels % groups != 0:
+        raise RuntimeError(
+            f"{op}: groups ({groups}) must divide the input channels (input.shape[1] = {in_channels})"
+        )
+    if out_channels <= 0 or out_channels % groups != 0:
+        raise RuntimeError(
+            f"{op}: groups ({groups}) must divide the output channels (weight.shape[0] = {out_channels})"
+        )
+    if per_group * groups != in_channels:
+        raise RuntimeError(
+            f"{op}: weight.shape[1] ({per_group}) must equal input.shape[1] / groups ({in_channels} / {groups})"
+        )
+    if kh <= 0 or kw <= 0:
+        raise RuntimeError(f"{op}: weight kernel size must be positive, got {list(weight.shape)}")
+    if len(stride) != 2 or stride[0] <= 0 or stride[1] <= 0:
+        raise RuntimeError(f"{op}: stride must be two positive ints, got {list(stride)}")
+    if len(dilation) != 2 or dilation[0] <= 0 or dilation[1] <= 0:
+        raise RuntimeError(f"{op}: dilation must be two positive ints, got {list(dilation)}")
+    if len(padding) != 4 or any(p < 0 for p in padding):
+        raise RuntimeError(
+            f"{op}: padding must be four non-negative ints (top, bottom, left, right), got {list(padding)}"
+        )
+    out_h = _conv_output_size(h, padding[0] + padding[1], dilation[0], kh, stride[0])
+    out_w = _conv_output_size(w, padding[2] + padding[3], dilation[1], kw, stride[1])
+    if out_h <= 0 or out_w <= 0:
+        raise RuntimeError(
+            f"{op}: the output size is empty: input (H, W) = ({h}, {w}) with padding {list(padding)}, "
+            f"dilation {list(dilation)} and kernel ({kh}, {kw}) gives ({out_h}, {out_w})"
+        )
+    return (n, out_channels, out_h, out_w)
+
+
+def _check_conv2d_act_same_device_dtype(other, weight, name, op="conv2d_act"):
+    if other.device != weight.device:
+        raise RuntimeError(f"{op}: {name} must be on the same device as weight ({weight.device}), got {other.device}")
+    if other.dtype != weight.dtype:
+        raise RuntimeError(f"{op}: {name} must have the same dtype as weight ({weight.dtype}), got {other.dtype}")
+
+
+def check_conv2d_act_activation(activation, op="conv2d_act"):
+    if activation not in DEPTHWISE_ACTIVATIONS:
+        raise RuntimeError(
+            f'{op}: activation must be None, "relu", "relu6", "hardswish" or "silu", got "{activation}"'
+        )
+
+
+def check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation):
+    """Mirror of check_conv2d_act_args (csrc/conv2d_act.h), on resolved arguments. Returns the output shape."""
+    op = "conv2d_act"
+    if input.dim() != 4:
+        raise RuntimeError(f"{op}: input must be 4-D (N, C, H, W), got sizes {list(input.shape)}")
+    if input.device != weight.device:
+        raise RuntimeError(f"{op}: input and weight must be on the same device, got {input.device} and {weight.device}")
+    if input.dtype != weight.dtype:
+        raise RuntimeError(f"{op}: input and weight must have the same dtype, got {input.dtype} and {weight.dtype}")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{op}: input must be floating point, got {input.dtype}")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise RuntimeError(
+                f"{op}: bias must have shape (weight.shape[0],) = ({weight.shape[0]},), got {list(bias.shape)}"
+            )
+        _check_conv2d_act_same_device_dtype(bias, weight, "bias")
+    check_conv2d_act_activation(activation)
+    return conv2d_act_geometry(tuple(input.shape), weight, stride, padding, dilation, groups)
+
+
+def check_conv2d_act_backward_args(grad_output, input, weight, bias, output, input_size, stride, padding, dilation,
+                                   groups, activation, output_mask):
+    """Mirror of check_conv2d_act_backward_args (csrc/conv2d_act.h)."""
+    op = "_conv2d_act_backward"
+    check_conv2d_act_activation(activation, op)
+    if input is None and (output_mask[1] or activation in ("hardswish", "silu")):
+        raise RuntimeError(f"{op}: input is required for grad_weight and for the hardswish/silu derivative")
+    if input is not None:
+        if tuple(input.shape) != tuple(input_size):
+            raise RuntimeError(f"{op}: input has sizes {list(input.shape)} but input_size is {list(input_size)}")
+        out_shape = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
+    else:
+        out_shape = conv2d_act_geometry(tuple(input_size), weight, stride, padding, dilation, groups)
+    if tuple(grad_output.shape) != tuple(out_shape):
+        raise RuntimeError(f"{op}: grad_output must have shape {list(out_shape)}, got {list(grad_output.shape)}")
+    _check_conv2d_act_same_device_dtype(grad_output, weight, "grad_output", op)
+    if activation in ("relu", "relu6"):
+        if output is None or tuple(output.shape) != tuple(grad_output.shape):
+            raise RuntimeError(
+                f"{op}: output (the forward result) is required for relu/relu6 and must have grad_output's shape"
+            )
+        _check_conv2d_act_same_device_dtype(output, weight, "output", op)

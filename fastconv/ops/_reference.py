@@ -9,6 +9,7 @@ from fastconv.ops._checks import (
     check_batch_norm_act_args,
     check_channel_shuffle_args,
     check_deform_conv2d_args,
+    check_conv2d_act_args,
     check_depthwise_conv2d_args,
     check_shuffle_cat_args,
     check_squeeze_excite_args,
@@ -114,3 +115,14 @@ def deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask):
     out = torch.einsum("gok,ngkp->ngop", weight.reshape(groups, out_channels // groups, -1), columns)
     out = out.reshape(n, out_channels, out_h, out_w)
     return (out if bias is None else out + bias[:, None, None]).to(dtype)
+
+
+def conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation):
+    """F.conv2d then the activation; padding is the resolved (top, bottom, left, right)."""
+    check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        out = F.conv2d(input, weight, bias, stride, (top, left), dilation, groups)
+    else:  # asymmetric ("same" with an even kernel span): pad explicitly, as ATen itself does
+        out = F.conv2d(F.pad(input, (left, right, top, bottom)), weight, bias, stride, 0, dilation, groups)
+    return ACTIVATION_FUNCTIONS[activation](out)

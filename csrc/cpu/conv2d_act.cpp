@@ -1,0 +1,142 @@
+// conv2d_act on the CPU: ATen's convolution (oneDNN, which also adds the bias inside its own output loop),
+// then the activation in one vectorised in-place pass over the output (ATen's kernel, see activate_in_place). Layout is kept: the weight is handed to ATen in the input's memory format, so an NCHW input gives
+// an NCHW output and channels_last stays channels_last.
+// Backward: grad_preact = grad_output * activation'(value) in one pass, then ATen's convolution_backward
+// (see csrc/conv2d_act.h).
+#include "conv2d_act.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardtanh.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <type_traits>
+
+namespace fastconv {
+namespace {
+
+// Elements per task of the elementwise passes: big enough to amortise a task, small enough to split.
+constexpr int64_t kElementwiseGrain = 1 << 15;
+
+// Calls fn(std::integral_constant<Activation, act>{}): the passes below are compiled once per activation, so
+// the per-element switch of apply_activation/activation_derivative folds away and the loops vectorise.
+template <typename Fn>
+void dispatch_activation(Activation act, Fn&& fn) {
+  switch (act) {
+    case Activation::kRelu: return fn(std::integral_constant<Activation, Activation::kRelu>{});
+    case Activation::kRelu6: return fn(std::integral_constant<Activation, Activation::kRelu6>{});
+    case Activation::kHardswish: return fn(std::integral_constant<Activation, Activation::kHardswish>{});
+    case Activation::kSilu: return fn(std::integral_constant<Activation, Activation::kSilu>{});
+    default: return fn(std::integral_constant<Activation, Activation::kNone>{});
+  }
+}
+
+// activation(output) in place, in one pass: ATen's own activation kernels (at::vec, compiled per ISA and
+// picked at run time). This extension is built for baseline x86-64, where at::vec is the generic emulation:
+// a pass written with it measured several times slower than ATen's AVX2 kernels on MobileNetV2's relu6 layers.
+void activate_in_place(at::Tensor& output, Activation act) {
+  switch (act) {
+    case Activation::kRelu: output.relu_(); break;
+    case Activation::kRelu6: at::hardtanh_(output, 0.0, 6.0); break;
+    case Activation::kHardswish: at::hardswish_(output); break;
+    case Activation::kSilu: at::silu_(output); break;
+    default: break;
+  }
+}
+
+at::Tensor conv2d_act_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          std::optional<std::string_view> activation) {
+  const Activation act = parse_activation(activation, "conv2d_act");
+  const ConvGeometry g = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups);
+  const at::MemoryFormat format = conv2d_act_memory_format(input);
+  // ATen takes a convolution's layout from the input or the weight; hand it the weight in the input's
+  // layout (a no-op normally; a small copy of the weight otherwise) so the output keeps the input's.
+  at::Tensor output = with_memory_format(aten_convolution(input, weight.contiguous(format), bias, g), format);
+  if (output.numel() > 0) activate_in_place(output, act);
+  return output;
+}
+
+// grad_output * activation'(value) in `compute` dtype (what convolution_backward then runs in), dense in
+// `format`; float math. `value` is the forward output (relu/relu6) or the recomputed pre-activation.
+at::Tensor preactivation_grad(const at::Tensor& grad_output, const at::Tensor& value, Activation act,
+                              at::MemoryFormat format, at::ScalarType compute) {
+  const at::Tensor grad = grad_output.contiguous(format);
+  if (act == Activation::kNone) return grad.to(compute);
+  // Both dense in `format`: the same flat index is the same element (size-1 strides address nothing).
+  const at::Tensor value_dense = value.contiguous(format);
+  at::Tensor result = at::empty(grad.sizes(), grad.options().dtype(compute).memory_format(format));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv2d_act_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* v = value_dense.const_data_ptr<scalar_t>();
+    dispatch_activation(act, [&](auto act_tag) {
+      constexpr Activation kAct = decltype(act_tag)::value;
+      const auto run = [&](auto* dst) {
+        using out_t = std::remove_pointer_t<decltype(dst)>;
+        at::parallel_for(0, grad.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
+          for (int64_t k = begin; k < end; ++k) {
+            dst[k] = static_cast<out_t>(static_cast<acc_t>(g[k]) * activation_derivative(kAct, static_cast<acc_t>(v[k])));
+          }
+        });
+      };
+      if (compute == grad.scalar_type()) {
+        run(result.mutable_data_ptr<scalar_t>());
+      } else {
+        run(result.mutable_data_ptr<acc_t>());
+      }
+    });
+  });
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& output, at::IntArrayRef input_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::optional<std::string_view> activation, std::array<bool, 3> output_mask) {
+  const Activation act = parse_activation(activation, "_conv2d_act_backward");
+  const ConvGeometry g = check_conv2d_act_backward_args(grad_output, input, weight, bias, output, input_size, stride,
+                                                        padding, dilation, groups, act, output_mask);
+  const at::MemoryFormat format = conv2d_act_backward_memory_format(grad_output, input);
+  if (!output_mask[0] && !output_mask[1] && !output_mask[2]) return {};
+  if (grad_output.numel() == 0) {  // batch 0: the parameter gradients are empty sums
+    return {output_mask[0] ? at::empty(input_size, weight.options().memory_format(format)) : at::Tensor(),
+            output_mask[1] ? at::zeros(weight.sizes(), weight.options()) : at::Tensor(),
+            output_mask[2] ? at::zeros({g.out_channels}, weight.options()) : at::Tensor()};
+  }
+  // hardswish/silu: recompute the pre-activation (see csrc/conv2d_act.h); relu/relu6 read the forward output.
+  const at::Tensor value = derivative_needs_preactivation(act) ? aten_convolution(*input, weight, bias, g)
+                                                               : (act == Activation::kNone ? at::Tensor() : *output);
+  // float16/bfloat16: ATen's CPU convolution backward rounds partial sums to the reduced type (1.6% error on a
+  // 162-term weight gradient in tests/ops/test_conv2d_act.py), so it runs in float here and rounds once. The
+  // float copies of input and weight are the price; reduced-precision training on the CPU is rare.
+  const at::ScalarType dtype = weight.scalar_type();
+  const at::ScalarType compute = at::toOpMathType(dtype);
+  const at::Tensor grad_preact = preactivation_grad(grad_output, value, act, format, compute);
+  const std::optional<at::Tensor> input_compute =
+      input.has_value() && input->defined() ? std::optional<at::Tensor>(input->to(compute)) : std::nullopt;
+  auto [grad_input, grad_weight, grad_bias] = conv2d_act_convolution_backward(
+      grad_preact, input_compute, weight.to(compute), input_size, g, format, output_mask);
+  if (compute != dtype) {
+    if (grad_input.defined()) grad_input = grad_input.to(dtype);
+    if (grad_weight.defined()) grad_weight = grad_weight.to(dtype);
+    if (grad_bias.defined()) grad_bias = grad_bias.to(dtype);
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("conv2d_act", &conv2d_act_cpu);
+  m.impl("_conv2d_act_backward", &conv2d_act_backward_cpu);
+}
+
+}  // namespace fastconv

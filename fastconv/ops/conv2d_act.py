@@ -1,0 +1,241 @@
+"""Convolution with the bias and activation fused in its epilogue: ``fastconv.ops.conv2d_act``.
+
+The eval form of conv-BN-act: fold the BN into the convolution (``fastconv.nn.fold_bn``), then one
+``conv2d_act``. Backends: CPU = ATen's convolution (oneDNN, bias inside it) + one vectorised activation pass;
+CUDA = a templated implicit-GEMM kernel (WMMA tensor cores for float16/bfloat16); Triton = an implicit GEMM
+with tl.dot. Depthwise configurations (groups == C_in, C_out a multiple of C_in) run on the CUDA and Triton
+backends through ``depthwise_conv2d``'s kernels and fused epilogue; on the CPU oneDNN's depthwise kernel is the
+faster one (benches/RESULTS.md), so the CPU backend keeps them.
+
+Autograd: the forward saves only what the requested gradients need (weight always; input for grad_weight or
+hardswish/silu; the output for relu/relu6). The backward is the activation derivative in one elementwise
+pass, then ATen's convolution_backward. hardswish/silu need the pre-activation: the backward recomputes it
+(one convolution) rather than keep a second activation-sized tensor alive from the forward, and rather than
+give the op a second, usually empty, output; the same trade as ``depthwise_conv2d``. Training conv-BN-act
+(``Conv2dNormActivation``) runs conv + ``batch_norm_act`` and never pays it.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from fastconv import _backend
+from fastconv.ops import _reference
+from fastconv.ops._checks import (
+    check_conv2d_act_args,
+    check_conv2d_act_backward_args,
+    resolve_conv2d_act_args,
+)
+from fastconv.ops._registry import register_op
+from fastconv.ops.depthwise_conv2d import _OP as _DEPTHWISE_OP
+from fastconv.ops.depthwise_conv2d import _activation_derivative
+
+_PairOrInt = Union[int, Sequence[int]]
+
+# Backends whose depthwise configurations run through depthwise_conv2d's kernels.
+_DEPTHWISE_ROUTED = ("cuda", "triton")
+
+
+def conv2d_act(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: _PairOrInt = 1,
+    padding: Union[str, _PairOrInt] = 0,
+    dilation: _PairOrInt = 1,
+    groups: int = 1,
+    activation: Optional[str] = None,
+) -> torch.Tensor:
+    """``F.conv2d(input, weight, bias, stride, padding, dilation, groups)`` followed by ``activation``.
+
+    Args:
+        input: ``(N, C_in, H, W)``, float32/float16/bfloat16 (float64 on the CPU), NCHW or channels_last.
+        weight: ``(C_out, C_in / groups, kh, kw)``, the input's dtype and device.
+        bias: optional ``(C_out,)``.
+        stride, dilation: int or pair, positive.
+        padding: int, pair, ``"valid"`` or ``"same"`` (stride 1 only, split like F.conv2d).
+        groups: positive, dividing C_in and C_out.
+        activation: None, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` in the input's memory format (channels_last stays channels_last).
+    """
+    stride, padding, dilation, groups = resolve_conv2d_act_args(weight, stride, padding, dilation, groups)
+    backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
+    if backend in _DEPTHWISE_ROUTED and _is_depthwise(input, weight, groups):
+        check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
+        return _DEPTHWISE_OP.implementations[backend](input, weight, bias, stride, padding, dilation, activation)
+    return _OP.implementations[backend](input, weight, bias, stride, padding, dilation, groups, activation)
+
+
+def _is_depthwise(input, weight, groups):
+    channels = input.shape[1] if input.dim() == 4 else -1
+    return groups == channels and weight.dim() == 4 and weight.shape[1] == 1 and weight.shape[0] % channels == 0
+
+
+def _memory_format(tensor):
+    """The layout the kernels write (csrc/conv2d_act.h: conv2d_act_memory_format)."""
+    return torch.channels_last if suggest_memory_format(tensor) == torch.channels_last else torch.contiguous_format
+
+
+def _forward_fake(input, weight, bias, stride, padding, dilation, groups, activation):
+    out_shape = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
+    return torch.empty(out_shape, dtype=input.dtype, device=input.device, memory_format=_memory_format(input))
+
+
+def _backward_fake(grad_output, input, weight, bias, output, input_size, stride, padding, dilation, groups,
+                   activation, output_mask):
+    check_conv2d_act_backward_args(grad_output, input, weight, bias, output, input_size, stride, padding, dilation,
+                                   groups, activation, output_mask)
+    layout = _memory_format(input if input is not None else grad_output)
+    grad_input = (torch.empty(input_size, dtype=weight.dtype, device=weight.device, memory_format=layout)
+                  if output_mask[0] else None)
+    grad_weight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if output_mask[1] else None
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
+torch.library.register_fake("fastconv::conv2d_act")(_forward_fake)
+torch.library.register_fake("fastconv::_conv2d_act_backward")(_backward_fake)
+
+
+# --- autograd (shared by the C++ and the Triton ops; `backward_op` is the matching backward op) -------------
+def _setup_forward(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, activation = inputs
+    wants = ctx.needs_input_grad[:3]
+    any_grad = any(wants)
+    preact = activation in ("hardswish", "silu")
+    ctx.input_size = tuple(input.shape)
+    ctx.has_bias = bias is not None
+    ctx.conv_args = (stride, padding, dilation, groups, activation)
+    ctx.save_for_backward(
+        input if wants[1] or (preact and any_grad) else None,
+        weight,
+        bias if preact and any_grad else None,
+        output if activation in ("relu", "relu6") and any_grad else None,
+    )
+
+
+def _make_forward_grad(backward_op):
+    def grad(ctx, grad_output):
+        input, weight, bias, output = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
+        grad_input, grad_weight, grad_bias = backward_op(
+            grad_output, input, weight, bias, output, ctx.input_size, *ctx.conv_args, mask
+        )
+        return (grad_input if mask[0] else None, grad_weight if mask[1] else None, grad_bias if mask[2] else None,
+                None, None, None, None, None)
+
+    return grad
+
+
+def _setup_backward(ctx, inputs, output):
+    del output  # the gradients; the double backward rebuilds them from the inputs
+    (grad_output, input, weight, bias, forward_output, input_size, stride, padding, dilation, groups, activation,
+     mask) = inputs
+    ctx.save_for_backward(grad_output, input, weight, bias, forward_output)
+    ctx.input_size = input_size
+    ctx.conv_args = (stride, padding, dilation, groups, activation)
+    ctx.output_mask = mask
+
+
+def _backward_grad(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
+    """Double backward through the plain-ATen composition (as depthwise_conv2d's): rebuild the backward with
+    differentiable ATen ops and differentiate it. Rarely used, so clarity wins over speed here."""
+    grad_output, input, weight, bias, output = ctx.saved_tensors
+    stride, padding, dilation, groups, activation = ctx.conv_args
+    with torch.enable_grad():
+        go = grad_output.detach().requires_grad_(True)
+        w = weight.detach().requires_grad_(True)
+        # The vjp of the convolution with respect to its input does not depend on the input's values.
+        x = (input if input is not None else weight.new_zeros(ctx.input_size)).detach().requires_grad_(True)
+        b = bias.detach().requires_grad_(True) if bias is not None else None
+        preact = None
+        if activation in ("hardswish", "silu"):
+            preact = _reference.conv2d_act(x, w, b, stride, padding, dilation, groups, None)
+        factor = _activation_derivative(activation, preact, output)
+        grad_preact = go if factor is None else go * factor
+        linear = _reference.conv2d_act(x, w, None, stride, padding, dilation, groups, None)
+        grad_x, grad_w = torch.autograd.grad(linear, [x, w], grad_preact, create_graph=True)
+        grads = [grad_x, grad_w, grad_preact.sum((0, 2, 3))]
+        pairs = [(g, gg) for g, gg, wanted in zip(grads, (grad_grad_input, grad_grad_weight, grad_grad_bias),
+                                                  ctx.output_mask) if wanted and gg is not None]
+        sources = [go, x, w] + ([b] if b is not None else [])
+        if not pairs:
+            return (None,) * 12
+        result = torch.autograd.grad([g for g, _ in pairs], sources, [gg for _, gg in pairs], allow_unused=True)
+    d_grad_output, d_input, d_weight = result[:3]
+    d_bias = result[3] if b is not None else None
+    return (d_grad_output, d_input if input is not None else None, d_weight, d_bias) + (None,) * 8
+
+
+torch.library.register_autograd(
+    "fastconv::conv2d_act", _make_forward_grad(torch.ops.fastconv._conv2d_act_backward), setup_context=_setup_forward
+)
+torch.library.register_autograd("fastconv::_conv2d_act_backward", _backward_grad, setup_context=_setup_backward)
+
+
+# --- Triton ops ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("fastconv::conv2d_act_triton", mutates_args=())
+def conv2d_act_triton(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    activation: Optional[str],
+) -> torch.Tensor:
+    check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
+    from fastconv.triton_kernels import conv2d_act as kernels  # imports triton: only when used
+
+    return kernels.conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation)
+
+
+@torch.library.custom_op("fastconv::_conv2d_act_backward_triton", mutates_args=())
+def _conv2d_act_backward_triton(
+    grad_output: torch.Tensor,
+    input: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    output: Optional[torch.Tensor],
+    input_size: List[int],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    activation: Optional[str],
+    output_mask: List[bool],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like _conv2d_act_backward, but an unrequested gradient is an empty tensor (a custom_op cannot return
+    None); the autograd wrapper drops it."""
+    check_conv2d_act_backward_args(grad_output, input, weight, bias, output, input_size, stride, padding, dilation,
+                                   groups, activation, output_mask)
+    from fastconv.triton_kernels import conv2d_act as kernels
+
+    grads = kernels.conv2d_act_backward(grad_output, input, weight, bias, output, input_size, stride, padding,
+                                        dilation, groups, activation, output_mask)
+    return tuple(g if g is not None else weight.new_empty(0) for g in grads)
+
+
+conv2d_act_triton.register_fake(_forward_fake)
+
+
+@_conv2d_act_backward_triton.register_fake
+def _conv2d_act_backward_triton_fake(*args):
+    grads = _backward_fake(*args)
+    return tuple(g if g is not None else args[2].new_empty(0) for g in grads)
+
+
+conv2d_act_triton.register_autograd(_make_forward_grad(_conv2d_act_backward_triton), setup_context=_setup_forward)
+_conv2d_act_backward_triton.register_autograd(_backward_grad, setup_context=_setup_backward)
+
+
+_OP = register_op(
+    "conv2d_act",
+    cpu=torch.ops.fastconv.conv2d_act,
+    cuda=torch.ops.fastconv.conv2d_act,
+    triton=conv2d_act_triton,
+    reference=_reference.conv2d_act,
+)

@@ -1,0 +1,319 @@
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from tolerances import TOLERANCES
+from fastconv.ops._checks import resolve_conv2d_act_args
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Most cases here are tiny and the gradchecks call the op hundreds of times. On a machine shared with other
+    jobs, every OpenMP parallel region ATen opens for a small convolution can wait a whole scheduler quantum
+    (measured: 60-160 ms per 1x4x5x5 convolution at 2 threads under load, 10 us at 1), so the file runs on
+    one thread; test_parallel_forward_equals_one_thread covers the multi-threaded passes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _activate(x, activation):
+    if activation is None:
+        return x
+    if activation == "relu":
+        return x.clamp_min(0)
+    if activation == "relu6":
+        return x.clamp(0, 6)
+    if activation == "hardswish":
+        return x * (x + 3).clamp(0, 6) / 6
+    if activation == "silu":
+        return x * torch.sigmoid(x)
+    raise ValueError(activation)
+
+
+def reference64(input, weight, bias, stride, padding, dilation, groups, activation):
+    """Independent reference: stock F.conv2d (which resolves 'same'/'valid' itself), activation from formulas."""
+    return _activate(F.conv2d(input, weight, bias, stride, padding, dilation, groups), activation)
+
+
+def _output_strides(input, out):
+    layout = torch.channels_last if input.is_contiguous(memory_format=torch.channels_last) and not \
+        input.is_contiguous() else torch.contiguous_format
+    return torch.empty(out.shape, memory_format=layout).stride()
+
+
+harness = OpHarness("conv2d_act", fastconv.ops.conv2d_act, reference64,
+                    expected_strides=lambda input, *rest: _output_strides(input, rest[-1]))
+
+
+def conv(n, c_in, h, w, c_out, kernel, groups=1, bias=True, stride=1, padding=0, dilation=1, activation=None,
+         name=""):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    fan_in = c_in // groups * kh * kw
+    args = (torch.randn(n, c_in, h, w), torch.randn(c_out, c_in // groups, kh, kw) / fan_in**0.5,
+            torch.randn(c_out) if bias else None, stride, padding, dilation, groups, activation)
+    return Sample(args, name, grad=(0, 1, 2) if bias else (0, 1))
+
+
+SAMPLES = [
+    conv(2, 8, 9, 9, 12, 3, padding=1, name="3x3"),
+    conv(2, 16, 7, 6, 24, 1, activation="relu", name="1x1-relu"),
+    conv(2, 6, 10, 9, 8, 3, stride=2, padding=1, activation="relu6", name="3x3-s2-relu6"),
+    conv(1, 8, 8, 7, 12, 3, groups=4, padding=1, activation="hardswish", name="grouped-hardswish"),
+    conv(1, 4, 11, 12, 6, 3, padding=2, dilation=2, activation="silu", name="dilation2-silu"),
+    conv(1, 3, 7, 8, 5, 4, padding="same", activation="relu", bias=False, name="same-even-kernel"),
+    conv(2, 3, 7, 9, 4, (2, 3), stride=(2, 1), padding="valid", name="valid-nonsquare-stride"),
+    conv(1, 3, 13, 13, 8, 7, stride=2, padding=3, activation="relu", name="7x7-stem"),
+    conv(2, 6, 8, 8, 6, 3, groups=6, padding=1, activation="relu6", name="depthwise"),
+    conv(1, 4, 6, 7, 8, 3, groups=4, padding=1, activation="silu", name="depthwise-m2"),
+    conv(1, 5, 6, 5, 7, (1, 3), stride=(1, 2), padding=(0, 1), name="1x3-odd"),
+    conv(0, 4, 6, 6, 8, 3, padding=1, activation="relu", name="batch0"),
+    conv(1, 1, 1, 1, 1, 1, name="1x1x1"),
+]
+IDS = [s.name for s in SAMPLES]
+BACKENDS = runnable("conv2d_act")
+KERNEL_BACKENDS = [p for p in BACKENDS if p.values[0] != "reference"]
+CPU_BACKENDS = [p for p in BACKENDS if p.values[0] == "cpu" or (p.values[1] == "cuda" and p.values[0] != "reference")]
+TRITON_BACKENDS = [p for p in BACKENDS if p.values[0] == "triton"]
+# The Triton interpreter runs each program as Python: a few tiny samples cover its code paths (pointwise,
+# strided, grouped, asymmetric padding, depthwise routing, batch 0).
+TRITON_SAMPLES = [SAMPLES[i] for i in (1, 2, 3, 5, 8, 11)]
+
+
+def _cases(backends, samples):
+    return [pytest.param(b.values[0], b.values[1], s, id=f"{b.id}-{s.name}") for b in backends for s in samples]
+
+
+ALL_CASES = _cases(CPU_BACKENDS, SAMPLES) + _cases(TRITON_BACKENDS, TRITON_SAMPLES)
+REFERENCE_CASES = _cases([p for p in BACKENDS if p.values[0] == "reference"], [SAMPLES[0], SAMPLES[5]])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("backend, device, sample", ALL_CASES + REFERENCE_CASES)
+def test_forward(backend, device, sample, dtype, layout):
+    if dtype == torch.float64 and device == "cuda" and backend != "reference":
+        pytest.skip("float64 is a CPU (gradcheck) dtype")
+    harness.check_forward(sample, backend, device, dtype, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("backend, device, sample", ALL_CASES)
+def test_backward(backend, device, sample, dtype, layout):
+    harness.check_backward(sample, backend, device, dtype, layout)
+
+
+# gradcheck/gradgradcheck perturb every element: tiny shapes, each activation, the odd geometries.
+GRADCHECK = [
+    conv(1, 4, 5, 5, 4, 3, groups=2, stride=2, padding=1, activation="relu", name="grouped-s2-relu"),
+    conv(1, 2, 5, 4, 3, (2, 3), padding="same", dilation=(2, 1), activation="hardswish", name="same-hardswish"),
+    conv(2, 3, 4, 4, 2, 1, bias=False, activation="silu", name="1x1-silu"),
+    conv(1, 2, 4, 5, 3, 3, padding=1, activation="relu6", name="3x3-relu6"),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("sample", GRADCHECK, ids=[s.name for s in GRADCHECK])
+def test_gradcheck(sample, layout):
+    harness.check_gradcheck(sample, "cpu", "cpu", layout)
+
+
+@pytest.mark.parametrize("sample", GRADCHECK[:3], ids=[s.name for s in GRADCHECK[:3]])
+@pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
+def test_gradcheck_triton(backend, device, sample):
+    """Fast mode under the interpreter (random projections); the double backward is the shared ATen
+    composition, covered by the C++ backend's gradgradcheck."""
+    harness.check_gradcheck(sample, backend, device, gradgrad=False, fast_mode=True)
+
+
+def _resolved(sample, device, layout, dtype=torch.float32):
+    input, weight, bias, stride, padding, dilation, groups, activation = sample.materialize(device, dtype, layout, True)
+    stride, padding, dilation, groups = resolve_conv2d_act_args(weight, stride, padding, dilation, groups)
+    return input, weight, bias, stride, padding, dilation, groups, activation
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device, sample", _cases(KERNEL_BACKENDS, [SAMPLES[3], SAMPLES[5]]))
+def test_opcheck(backend, device, sample, layout):
+    torch.library.opcheck(harness.custom_op(backend), _resolved(sample, device, layout))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "silu"])
+@pytest.mark.parametrize("backend, device", KERNEL_BACKENDS)
+def test_backward_op_opcheck(backend, device, activation):
+    input, weight, bias, stride, padding, dilation, groups, _ = _resolved(SAMPLES[3], device, "channels_last")
+    op = harness.custom_op(backend)
+    output = op(input, weight, bias, stride, padding, dilation, groups, activation).detach()
+    grad = torch.randn_like(output)
+    backward = (torch.ops.fastconv._conv2d_act_backward.default if backend != "triton"
+                else torch.ops.fastconv._conv2d_act_backward_triton.default)
+    for mask in ([True, True, True], [True, False, False]):
+        keep_input = mask[1] or activation == "silu"
+        args = (grad, input.detach() if keep_input else None, weight.detach(), bias.detach(), output,
+                list(input.shape), stride, padding, dilation, groups, activation, mask)
+        torch.library.opcheck(backward, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device", KERNEL_BACKENDS)  # the reference is plain ATen: inductor's business
+def test_compile_fullgraph(backend, device, layout):
+    harness.check_compile(SAMPLES[3], backend, device, layout)
+
+
+@pytest.mark.parametrize("backend, device", KERNEL_BACKENDS)
+def test_compile_backward(backend, device):
+    sample = SAMPLES[4]  # dilation, silu: recomputed pre-activation
+    args = sample.materialize(device, torch.float32, "channels_last", requires_grad=True)
+    torch._dynamo.reset()
+    with fastconv.backend(backend):
+        compiled = torch.compile(fastconv.ops.conv2d_act, fullgraph=True)
+        out = compiled(*args)
+        grads = torch.autograd.grad(out.square().sum(), [args[i] for i in sample.grad])
+    args64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    want = reference64(*args64)
+    want_grads = torch.autograd.grad(want.square().sum(), [args64[i] for i in sample.grad])
+    assert out.stride() == _output_strides(args[0], out)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads, want_grads):
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_output_keeps_the_input_layout_whatever_the_weight():
+    """ATen picks a convolution's layout from the weight too: a channels_last weight must not make an NCHW
+    input's output channels_last (nor the reverse)."""
+    x, w = torch.randn(2, 8, 6, 6), torch.randn(16, 8, 3, 3)
+    out = fastconv.ops.conv2d_act(x, w.contiguous(memory_format=torch.channels_last), None, 1, 1)
+    assert out.is_contiguous()
+    out = fastconv.ops.conv2d_act(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
+def test_depthwise_configurations_route_to_depthwise_conv2d(backend, device, monkeypatch):
+    module = sys.modules["fastconv.ops.conv2d_act"]  # the attribute fastconv.ops.conv2d_act is the function
+
+    calls = []
+    implementations = dict(module._DEPTHWISE_OP.implementations)
+    original = implementations[backend]
+    implementations[backend] = lambda *args: calls.append(args) or original(*args)
+    monkeypatch.setattr(module._DEPTHWISE_OP, "implementations", implementations)
+    x, w = torch.randn(1, 4, 6, 6, device=device), torch.randn(8, 1, 3, 3, device=device)
+    with fastconv.backend(backend):
+        out = fastconv.ops.conv2d_act(x, w, None, 1, 1, 1, 4, "relu")
+        fastconv.ops.conv2d_act(torch.randn(1, 4, 6, 6, device=device), torch.randn(8, 2, 3, 3, device=device),
+                                None, 1, 1, 1, 2)  # grouped, not depthwise: the implicit GEMM
+    assert len(calls) == 1
+    torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, 1, 4).relu(), rtol=1e-5, atol=1e-5)
+
+
+def test_saves_only_what_the_gradients_need():
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(8, 4, 3, 3)
+    out = fastconv.ops.conv2d_act(x, w, None, 1, 1)  # input grad only, no activation: the input is not kept
+    saved = out.grad_fn._saved_tensors if hasattr(out.grad_fn, "_saved_tensors") else []
+    assert all(t is None or t.shape != x.shape for t in saved)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0],
+                               torch.autograd.grad(F.conv2d(x, w, None, 1, 1).sum(), x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding, kernel, dilation", [("same", 4, 1), ("same", 3, 2), ("same", (2, 5), (3, 1)),
+                                                       ("valid", 3, 1), ((1, 2), 3, 1), (2, 1, 1)])
+def test_padding_forms_equal_conv2d(padding, kernel, dilation):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x, w = torch.randn(2, 4, 9, 10), torch.randn(6, 2, kh, kw)
+    got = fastconv.ops.conv2d_act(x, w, None, 1, padding, dilation, 2)
+    torch.testing.assert_close(got, F.conv2d(x, w, None, 1, padding, dilation, 2), rtol=1e-5, atol=1e-5)
+
+
+def _bad(message, *args, **kwargs):
+    return pytest.param(args, kwargs, message, id=message[:40])
+
+
+X = torch.randn(2, 4, 8, 8)
+W = torch.randn(6, 2, 3, 3)
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    _bad(r"groups \(3\) must divide the input channels \(input.shape\[1\] = 4\)", X, torch.randn(6, 1, 3, 3),
+         groups=3),
+    _bad(r"groups \(4\) must divide the output channels \(weight.shape\[0\] = 6\)", X, torch.randn(6, 1, 3, 3),
+         groups=4),
+    _bad(r"weight.shape\[1\] \(3\) must equal input.shape\[1\] / groups \(4 / 2\)", X, torch.randn(6, 3, 3, 3),
+         groups=2),
+    _bad("groups must be positive", X, W, groups=0),
+    _bad("groups must be an int", X, W, groups=2.0),
+    _bad(r"weight must be 4-D", X, torch.randn(6, 4, 3)),
+    _bad(r"input must be 4-D", torch.randn(4, 8, 8), W, groups=2),
+    _bad("input and weight must have the same dtype", X, W.double(), groups=2),
+    _bad(r"bias must have shape \(weight.shape\[0\],\) = \(6,\)", X, W, torch.randn(4), groups=2),
+    _bad("bias must have the same dtype as weight", X, W, torch.randn(6).double(), groups=2),
+    _bad("stride must be two positive ints", X, W, None, 0, groups=2),
+    _bad("dilation must be two positive ints", X, W, None, 1, 1, 0, groups=2),
+    _bad("padding must be four non-negative ints", X, W, None, 1, -1, groups=2),
+    _bad("the output size is empty", X, torch.randn(6, 2, 9, 9), groups=2),
+    _bad("activation must be None", X, W, groups=2, activation="gelu"),
+    _bad("padding='same' is not supported for strided convolutions", X, W, stride=2, padding="same", groups=2),
+    _bad("padding must be an int, a pair, 'same' or 'valid'", X, W, padding="full", groups=2),
+    _bad("stride must be an int or a pair of ints", X, W, stride=(1, 2, 3), groups=2),
+])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_invalid_arguments(backend, device, args, kwargs, message):
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    with fastconv.backend(backend), pytest.raises(RuntimeError, match=message):
+        fastconv.ops.conv2d_act(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", [b.values[0] for b in KERNEL_BACKENDS])
+def test_invalid_arguments_raise_in_the_custom_op_too(backend):
+    """Every backend's op checks its own arguments (the C++ messages equal the Python ones)."""
+    op = harness.custom_op(backend)
+    with pytest.raises(RuntimeError, match="padding must be four non-negative ints"):
+        op(X, W, None, [1, 1], [1, 1, -1, 1], [1, 1], 2, None)
+    with pytest.raises(RuntimeError, match=r"groups \(3\) must divide the input channels"):
+        op(X, torch.randn(6, 1, 3, 3), None, [1, 1], [1, 1, 1, 1], [1, 1], 3, None)
+    with pytest.raises(RuntimeError, match="activation must be None"):
+        op(X, W, None, [1, 1], [1, 1, 1, 1], [1, 1], 2, "gelu")
+    with pytest.raises(RuntimeError, match="bias must have the same dtype as weight"):
+        op(X, W, torch.randn(6).half(), [1, 1], [1, 1, 1, 1], [1, 1], 2, None)
+
+
+def test_invalid_arguments_under_compile():
+    compiled = torch.compile(fastconv.ops.conv2d_act, fullgraph=True)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="must divide the input channels"):
+        compiled(X, torch.randn(6, 1, 3, 3), None, 1, 0, 1, 3)
+
+
+def test_backward_op_rejects_bad_grad_output():
+    with pytest.raises(RuntimeError, match="grad_output must have shape"):
+        torch.ops.fastconv._conv2d_act_backward(torch.randn(2, 6, 7, 7), X, W, None, None, [2, 4, 8, 8], [1, 1],
+                                                [1, 1, 1, 1], [1, 1], 2, None, [True, True, False])
+    with pytest.raises(RuntimeError, match="output .* is required for relu"):
+        torch.ops.fastconv._conv2d_act_backward(torch.randn(2, 6, 8, 8), X, W, None, None, [2, 4, 8, 8], [1, 1],
+                                                [1, 1, 1, 1], [1, 1], 2, "relu", [True, True, False])
+
+
+@pytest.mark.parametrize("activation", ["relu6", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_parallel_forward_equals_one_thread(activation, dtype):
+    """The activation and derivative passes split the output across threads (at::parallel_for, 32768-element
+    grains): with 2 threads and a 4-grain output the results equal the one-thread run."""
+    x = torch.randn(2, 16, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = (torch.randn(32, 16, 1, 1) / 4).to(dtype).requires_grad_(True)
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        out = fastconv.ops.conv2d_act(x, w, None, 1, 0, 1, 1, activation)
+        runs.append((out,) + torch.autograd.grad(out, x, torch.ones_like(out)))
+    rtol, atol = TOLERANCES[dtype]
+    for single, parallel in zip(*runs):
+        torch.testing.assert_close(single, parallel, rtol=rtol, atol=atol)
+    torch.testing.assert_close(runs[1][0].double(), reference64(x.double(), w.double(), None, 1, 0, 1, 1, activation),
+                               rtol=rtol, atol=atol)
