@@ -2,8 +2,9 @@
 FLOP), measured by running the code: ``torch.utils.flop_counter.FlopCounterMode`` sees every convolution
 and matrix product at dispatch, whatever module structure or fused path (folded BN) issued it.
 
-fastconv's depthwise op is a custom op the counter does not know; its formula is registered here (a
-grouped convolution with one input channel per group).
+fastconv's convolution ops are custom ops the counter does not know; their formulas are registered here
+(depthwise: a grouped convolution with one input channel per group; conv2d_act, which eval conv-BN-act runs
+on the folded parameters: any grouped convolution).
 """
 import contextlib
 from typing import Callable, Iterator
@@ -17,6 +18,17 @@ def _depthwise_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **
     kernel_height, kernel_width = weight_shape[-2:]
     batch, out_channels, out_height, out_width = out_shape
     return 2 * batch * out_channels * out_height * out_width * kernel_height * kernel_width
+
+
+def _grouped_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """2 * N * C_out * H_out * W_out * (C_in / groups) * kh * kw, from the weight (C_out, C_in / groups, kh, kw)."""
+    _, in_per_group, kernel_height, kernel_width = weight_shape
+    batch, out_channels, out_height, out_width = out_shape
+    return 2 * batch * out_channels * out_height * out_width * in_per_group * kernel_height * kernel_width
+
+
+for _op in (torch.ops.fastconv.conv2d_act, torch.ops.fastconv.conv2d_act_triton):
+    register_flop_formula(_op)(_grouped_conv_flops)
 
 
 @contextlib.contextmanager

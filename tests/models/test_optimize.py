@@ -69,7 +69,7 @@ def test_optimize_timm_legacy_seresnet50():
     assert optimized.fastconv_swapped == {"SEModule": 16, "SEResNetBottleneck": 16}
     assert all(isinstance(block.se_module, fastconv.nn.SqueezeExcitation) for block in optimized.layer3)
     assert list(optimized.state_dict()) == list(reference.state_dict())
-    x = torch.randn(2, 3, RESOLUTION, RESOLUTION, dtype=torch.float64)
+    x = torch.randn(2, 3, resolution("legacy_seresnet50"), resolution("legacy_seresnet50"), dtype=torch.float64)
     optimized.double().eval(), reference.double().eval()
     with torch.no_grad():
         rtol, atol = TOLERANCES[torch.float64]
