@@ -133,8 +133,9 @@ class Conv2dNormActivation(Adoptable, torchvision.ops.misc.Conv2dNormActivation)
     the same state_dict keys), fused in forward.
 
     In eval with a BatchNorm2d, the BN is folded into the convolution (see FoldedConvBN for the cache) and
-    the activation applied in the same epilogue. In training, the layers run in sequence (BN uses batch
-    statistics and updates its running statistics).
+    the activation applied in the same epilogue (fastconv.ops.conv2d_act). In training, the convolution, then
+    BN with the activation fused (fastconv.ops.batch_norm_act: batch statistics, running statistics updated
+    as torch's BatchNorm2d does).
     """
 
     def __init__(self, *args, **kwargs):
@@ -150,6 +151,6 @@ class Conv2dNormActivation(Adoptable, torchvision.ops.misc.Conv2dNormActivation)
         self._fusable = norm is not None and len(self) == 2 + (self._activation is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._fusable or not can_fold(self[0], self[1]):
+        if not self._fusable or not isinstance(self[0], nn.Conv2d):
             return super().forward(x)
         return conv_bn_act(x, self[0], self[1], self._activation, self._fold)

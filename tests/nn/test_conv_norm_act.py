@@ -121,3 +121,17 @@ def test_reference_backend_matches():
     x = torch.randn(2, 8, 5, 5)
     with torch.no_grad(), fastconv.backend("reference"):
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_runs_the_fused_ops(training):
+    """Eval: one conv2d_act on the folded parameters. Training: the convolution, then batch_norm_act (batch
+    statistics and the activation in one op), not ATen's batch_norm."""
+    ours, _ = pair("3x3-s2-relu6")
+    ours.train(training)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        ours(torch.randn(2, 8, 9, 9))
+    names = {event.name for event in profiler.events()}
+    expected = "fastconv::batch_norm_act" if training else "fastconv::conv2d_act"
+    assert expected in names, sorted(n for n in names if "fastconv" in n or "batch_norm" in n)
+    assert not any(n.startswith("aten::batch_norm") or n == "aten::native_batch_norm" for n in names)
