@@ -75,10 +75,9 @@ at::Tensor preactivation_grad(const at::Tensor& grad_output, const at::Tensor& v
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv2d_act_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const scalar_t* v = value_dense.const_data_ptr<scalar_t>();
     dispatch_activation(act, [&](auto act_tag) {
       constexpr Activation kAct = decltype(act_tag)::value;
-      const auto run = [&](auto* dst) {
+      const auto run = [&](auto* dst, const auto* v) {
         using out_t = std::remove_pointer_t<decltype(dst)>;
         at::parallel_for(0, grad.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
           for (int64_t k = begin; k < end; ++k) {
@@ -86,10 +85,18 @@ at::Tensor preactivation_grad(const at::Tensor& grad_output, const at::Tensor& v
           }
         });
       };
+      // value: the forward output (grad's dtype) or the pre-activation recomputed in `compute`.
+      const auto with_value = [&](auto* dst) {
+        if (value_dense.scalar_type() == grad.scalar_type()) {
+          run(dst, value_dense.const_data_ptr<scalar_t>());
+        } else {
+          run(dst, value_dense.const_data_ptr<acc_t>());
+        }
+      };
       if (compute == grad.scalar_type()) {
-        run(result.mutable_data_ptr<scalar_t>());
+        with_value(result.mutable_data_ptr<scalar_t>());
       } else {
-        run(result.mutable_data_ptr<acc_t>());
+        with_value(result.mutable_data_ptr<acc_t>());
       }
     });
   });
@@ -111,19 +118,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
             output_mask[1] ? at::zeros(weight.sizes(), weight.options()) : at::Tensor(),
             output_mask[2] ? at::zeros({g.out_channels}, weight.options()) : at::Tensor()};
   }
-  // hardswish/silu: recompute the pre-activation (see csrc/conv2d_act.h); relu/relu6 read the forward output.
-  const at::Tensor value = derivative_needs_preactivation(act) ? aten_convolution(*input, weight, bias, g)
-                                                               : (act == Activation::kNone ? at::Tensor() : *output);
   // float16/bfloat16: ATen's CPU convolution backward rounds partial sums to the reduced type (1.6% error on a
   // 162-term weight gradient in tests/ops/test_conv2d_act.py), so it runs in float here and rounds once. The
   // float copies of input and weight are the price; reduced-precision training on the CPU is rare.
   const at::ScalarType dtype = weight.scalar_type();
   const at::ScalarType compute = at::toOpMathType(dtype);
-  const at::Tensor grad_preact = preactivation_grad(grad_output, value, act, format, compute);
   const std::optional<at::Tensor> input_compute =
       input.has_value() && input->defined() ? std::optional<at::Tensor>(input->to(compute)) : std::nullopt;
+  const at::Tensor weight_compute = weight.to(compute);
+  // hardswish/silu: recompute the pre-activation (see csrc/conv2d_act.h), in float: hardswish' jumps by 0.5 at
+  // +-3, and a bfloat16-rounded pre-activation (spacing 1/64 there) lands on the wrong side of the jump for
+  // true values within 1/128 of it. relu/relu6 read the forward output (their derivative only needs its sign
+  // and whether it reached 6, which the rounded output keeps).
+  const std::optional<at::Tensor> bias_compute =
+      bias.has_value() && bias->defined() ? std::optional<at::Tensor>(bias->to(compute)) : std::nullopt;
+  const at::Tensor value = derivative_needs_preactivation(act)
+                               ? aten_convolution(*input_compute, weight_compute, bias_compute, g)
+                               : (act == Activation::kNone ? at::Tensor() : *output);
+  const at::Tensor grad_preact = preactivation_grad(grad_output, value, act, format, compute);
   auto [grad_input, grad_weight, grad_bias] = conv2d_act_convolution_backward(
-      grad_preact, input_compute, weight.to(compute), input_size, g, format, output_mask);
+      grad_preact, input_compute, weight_compute, input_size, g, format, output_mask);
   if (compute != dtype) {
     if (grad_input.defined()) grad_input = grad_input.to(dtype);
     if (grad_weight.defined()) grad_weight = grad_weight.to(dtype);

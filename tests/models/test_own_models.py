@@ -22,6 +22,7 @@ INPUTS = {
     "pyramidnet200_a300": (3, 16, 2),
     "shufflenet_v1": (3, 32, 2), "shufflenet_v1_x0_5": (3, 32, 2), "shufflenet_v1_x1_0": (3, 32, 2),
     "shufflenet_v1_x1_5": (3, 32, 2), "shufflenet_v1_x2_0": (3, 32, 2),
+    "dcn_resnet50": (3, 32, 2),  # its equality with resnet50 is tests/models/test_dcn_resnet.py
 }
 OWN = [name for name in models.list_models() if reference_builder(name) is None]
 # For the float64 backend / layout comparisons: one net per family, shallow where the family allows (a

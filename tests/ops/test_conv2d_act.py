@@ -317,3 +317,15 @@ def test_parallel_forward_equals_one_thread(activation, dtype):
         torch.testing.assert_close(single, parallel, rtol=rtol, atol=atol)
     torch.testing.assert_close(runs[1][0].double(), reference64(x.double(), w.double(), None, 1, 0, 1, 1, activation),
                                rtol=rtol, atol=atol)
+
+
+def test_hardswish_backward_uses_the_unrounded_preactivation():
+    """hardswish' jumps from 1.5 to 1 at 3. Channels 1.5 + 1.5078125 (both exact in bfloat16) sum to
+    3.0078125, which bfloat16 rounds to 3.0: a backward that recomputes the pre-activation in bfloat16 takes
+    the wrong side of the jump (1.5); the true derivative is 1."""
+    x = torch.tensor([1.5, 1.5078125], dtype=torch.bfloat16).reshape(1, 2, 1, 1).requires_grad_()
+    weight = torch.ones(1, 2, 1, 1, dtype=torch.bfloat16)
+    with fastconv.backend("cpu"):
+        out = fastconv.ops.conv2d_act(x, weight, None, activation="hardswish")
+    (grad,) = torch.autograd.grad(out.sum(), [x])
+    torch.testing.assert_close(grad.float(), torch.ones(1, 2, 1, 1))
