@@ -161,7 +161,10 @@ def run_case(case: OpCase, device_type, public: Callable, reference: Callable, c
     variants = {"reference (ATen)": reference}
     if compile_reference:
         torch._dynamo.reset()  # one specialised graph per case; stay under dynamo's recompile limit
-        variants["torch.compile(reference)"] = torch.compile(reference, fullgraph=True, dynamic=False)
+        # A reference may say how to compile it (make_compiled), e.g. only the forward of a training step.
+        make_compiled = getattr(reference, "make_compiled",
+                                lambda: torch.compile(reference, fullgraph=True, dynamic=False))
+        variants["torch.compile(reference)"] = make_compiled()
     for name in fastconv_backends(case.op, device_type):
         def run(*inputs, name=name):
             with fastconv.backend(name):
@@ -248,6 +251,8 @@ def batch_norm_act_step(forward):
     def run(*args):
         return train_step(*args) if len(args) == 10 else forward(*args)
 
+    # torch.compile of the reference compiles the forward only: the step's autograd.grad stays eager.
+    run.make_compiled = lambda: batch_norm_act_step(torch.compile(forward, fullgraph=True, dynamic=False))
     return run
 
 
