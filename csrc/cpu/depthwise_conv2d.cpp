@@ -19,15 +19,22 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace fastconv {
 namespace {
 
+// The kernels pass 64-byte vector types between inlined helpers; GCC warns that such a value's ABI differs
+// without AVX-512 (the baseline variant), which never matters for these internal functions.
+#pragma GCC diagnostic ignored "-Wpsabi"
 #define FASTCONV_ISA_KERNELS "cpu/depthwise_conv2d_kernels.inc"
 #include "fastconv/cpu_isa_kernels.h"
 
