@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastconv.models._complexity import multiply_add_counter
+from fastconv.models._anytime import AnytimeNetwork, exit_loss
 from fastconv.models._registry import build, register_model
 from fastconv.nn import Conv2dNormActivation
 
@@ -110,7 +110,7 @@ class SmartExit(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
-class SmartNet(nn.Module):
+class SmartNet(AnytimeNetwork):
     """``growths[k]`` new maps in block k at 1/``scales[k]`` of the stem's resolution (non-decreasing
     powers of two); ``num_exits`` keeps the first blocks and exits only (see :meth:`truncate`)."""
 
@@ -128,6 +128,7 @@ class SmartNet(nn.Module):
         self.config = dict(num_classes=num_classes, in_channels=in_channels, stem_channels=stem_channels,
                            stem_stride=stem_stride, growths=tuple(growths), scales=tuple(scales),
                            layers_per_block=layers_per_block, exit_channels=exit_channels)
+        self.num_classes = num_classes
         self.scales = tuple(scales[:num_exits])
         self.stem = Conv2dNormActivation(in_channels, stem_channels, 3, stride=stem_stride)
         blocks, exits = [], []
@@ -143,48 +144,18 @@ class SmartNet(nn.Module):
     def num_exits(self) -> int:
         return len(self.blocks)
 
-    def _start(self, x: torch.Tensor) -> FeatureMatrix:
+    def start(self, x: torch.Tensor) -> FeatureMatrix:
         return FeatureMatrix(self.stem(x))
 
-    def _step(self, index: int, matrix: FeatureMatrix, stem_size: int) -> torch.Tensor:
+    def step(self, index: int, matrix: FeatureMatrix) -> torch.Tensor:
         """Run block ``index`` on every earlier map, store its output, return exit ``index``'s logits."""
-        size = stem_size // self.scales[index]
+        size = matrix.maps[0].shape[-1] // self.scales[index]
         matrix.append(self.blocks[index](matrix.at(size)))
         return self.exits[index](matrix.at(size))
 
-    def forward(self, x: torch.Tensor, num_exits: Optional[int] = None) -> List[torch.Tensor]:
-        """The logits of the first ``num_exits`` exits (default: all), earliest first."""
-        matrix = self._start(x)
-        stem_size = matrix.maps[0].shape[-1]
-        return [self._step(index, matrix, stem_size) for index in range(num_exits or self.num_exits)]
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Early-exit inference: (logits ``(N, num_classes)``, exit index ``(N,)``).
-
-        Each sample stops at the first exit whose top softmax probability is >= ``threshold`` (the last
-        exit takes the rest); later blocks run only on the samples still going. Call in eval mode: in
-        training mode BatchNorm would normalise each block over the samples that reach it.
-        """
-        batch = x.shape[0]
-        logits = torch.empty(batch, self.config["num_classes"], device=x.device, dtype=x.dtype)
-        exit_used = torch.full((batch,), self.num_exits - 1, device=x.device, dtype=torch.long)
-        going = torch.arange(batch, device=x.device)  # original indices of the samples still going
-        matrix = self._start(x)
-        stem_size = matrix.maps[0].shape[-1]
-        for index in range(self.num_exits):
-            exit_logits = self._step(index, matrix, stem_size)
-            last = index == self.num_exits - 1
-            stop = (torch.ones_like(going, dtype=torch.bool) if last
-                    else exit_logits.softmax(1).amax(1) >= threshold)
-            logits[going[stop]] = exit_logits[stop].to(logits.dtype)
-            exit_used[going[stop]] = index
-            rows = (~stop).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-            going = going[rows]
-            matrix.keep(rows)
-        return logits, exit_used
+    def keep(self, matrix: FeatureMatrix, rows: torch.Tensor) -> FeatureMatrix:
+        matrix.keep(rows)
+        return matrix
 
     def truncate(self, num_exits: int) -> "SmartNet":
         """A new model of the first ``num_exits`` blocks and exits (copies of this one's parameters); its
@@ -194,35 +165,10 @@ class SmartNet(nn.Module):
         truncated.load_state_dict(state, strict=True)  # copies the values
         return truncated.train(self.training)
 
-    def exit_parameters(self, index: int) -> List[nn.Parameter]:
-        """The parameters trained for exit ``index`` alone in exit-by-exit training: block ``index`` and
-        exit ``index`` (and the stem, with the first exit)."""
-        modules = [self.blocks[index], self.exits[index]] + ([self.stem] if index == 0 else [])
-        return [p for module in modules for p in module.parameters()]
-
-    def exit_costs(self, input_size: Sequence[int]) -> List[int]:
-        """Multiply-adds for one ``(C, H, W)`` input to reach each exit (cumulative, earliest first): the
-        stem, every block up to and including the exit's, and every exit on the way."""
-        x = torch.zeros(1, *input_size, device=self.stem[0].weight.device, dtype=self.stem[0].weight.dtype)
-        was_training = self.training
-        self.eval()
-        costs = []
-        with multiply_add_counter() as count:
-            matrix = self._start(x)
-            stem_size = matrix.maps[0].shape[-1]
-            for index in range(self.num_exits):
-                self._step(index, matrix, stem_size)
-                costs.append(count())
-        self.train(was_training)
-        return costs
-
-
-def exit_loss(exit_logits: Sequence[torch.Tensor], target: torch.Tensor,
-              weights: Optional[Sequence[float]] = None) -> torch.Tensor:
-    """Joint training loss: ``sum_k weights[k] * cross_entropy(exit_logits[k], target)`` (uniform weights
-    summing to 1 by default)."""
-    weights = weights or [1.0 / len(exit_logits)] * len(exit_logits)
-    return sum(w * F.cross_entropy(logits, target) for w, logits in zip(weights, exit_logits))
+    def exit_modules(self, index: int) -> List[nn.Module]:
+        """Block ``index`` and exit ``index`` (and the stem, with the first exit): what exit-by-exit training
+        trains for exit ``index`` alone."""
+        return [self.blocks[index], self.exits[index]] + ([self.stem] if index == 0 else [])
 
 
 @register_model

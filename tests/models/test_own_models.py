@@ -1,5 +1,5 @@
 """Models fastconv defines itself (no torchvision/timm reference): lenet5, zfnet, highway_net, pyramidnet*,
-shufflenet_v1*, smartnet. Checked against independent facts instead: parameter counts, output sizes and
+shufflenet_v1*, smartnet, msdnet. Checked against independent facts instead: parameter counts, output sizes and
 FLOPs as published, plain-torch compositions written here, fastconv's "reference" backend (plain ATen),
 forward/backward, channels_last, num_classes."""
 import pytest
@@ -18,6 +18,7 @@ from tolerances import TOLERANCES
 # (input channels, resolution, batch) per model: the smallest inputs each net reduces to >= 1x1 (fast on 2 cores).
 INPUTS = {
     "lenet5": (1, 32, 2), "zfnet": (3, 64, 2), "highway_net": (3, 32, 2), "smartnet": (3, 32, 2),
+    "msdnet": (3, 16, 2),
     "pyramidnet": (3, 16, 2), "pyramidnet110_a48": (3, 16, 2), "pyramidnet272_a200": (3, 8, 2),
     "pyramidnet200_a300": (3, 16, 2),
     "shufflenet_v1": (3, 32, 2), "shufflenet_v1_x0_5": (3, 32, 2), "shufflenet_v1_x1_0": (3, 32, 2),
@@ -27,7 +28,7 @@ INPUTS = {
 OWN = [name for name in models.list_models() if reference_builder(name) is None]
 # For the float64 backend / layout comparisons: one net per family, shallow where the family allows (a
 # 20-layer PyramidNet runs the same units as the 110-layer one).
-SMALL = {"lenet5": {}, "zfnet": {}, "highway_net": {}, "smartnet": {}, "pyramidnet": dict(depth=20),
+SMALL = {"lenet5": {}, "zfnet": {}, "highway_net": {}, "smartnet": {}, "msdnet": {}, "pyramidnet": dict(depth=20),
          "shufflenet_v1_x0_5": dict(groups=8)}
 
 
