@@ -3,6 +3,8 @@ MSDNet paper (Huang et al., ICLR 2018, Sec. 5), on a small data set.
 
     python examples/anytime_digits.py --threads 1            # one seed, ~1.5 min on one busy CPU core
     python examples/anytime_digits.py --seeds 0 1 2          # mean and spread over seeds
+    python examples/anytime_digits.py --seeds 1 --json s1.json; ...; --report s0.json s1.json s2.json
+                                                             # the same, one seed per run, reported together
 
 Both networks are built at about the same multiply-adds at their last exit (checked: within 20 %, printed),
 and trained the same way (examples/train_digits.py's defaults and training loop: Adam, cosine decay, the same
@@ -51,6 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", help="write every run's results to this file")
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="train nothing: report the runs saved in these --json files together")
     return parser.parse_args(argv)
 
 
@@ -167,6 +171,14 @@ def report(runs, args, test_samples):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        saved = [json.loads(Path(path).read_text()) for path in args.report]
+        runs = [run for result in saved for run in result["runs"]]
+        args.seeds = [seed for result in saved for seed in result["seeds"]]
+        args.models = list(dict.fromkeys(run["model"] for run in runs))
+        args.thresholds, args.ratios = saved[0]["thresholds"], saved[0]["ratios"]
+        report(runs, args, saved[0]["test_samples"])
+        return runs
     torch.set_num_threads(args.threads)
     train_set, test_set = train_digits.load_digits(0.2)
     training, validation = split_validation(train_set, args.validation_fraction)
@@ -178,7 +190,8 @@ def main(argv=None):
     report(runs, args, len(test_set))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(seeds=args.seeds, runs=runs), f, indent=1)
+            json.dump(dict(seeds=args.seeds, thresholds=args.thresholds, ratios=args.ratios,
+                           test_samples=len(test_set), runs=runs), f, indent=1)
     return runs
 
 
