@@ -78,9 +78,10 @@ def budgeted_batch(model, validation, test_set, ratios, costs, device):
     for ratio in ratios:
         thresholds = budgeted_thresholds(validation_logits, geometric_exit_fractions(ratio, model.num_exits))
         logits, exit_used = model.predict(images, thresholds)
+        exit_used = exit_used.cpu()
         rows.append(dict(ratio=ratio, accuracy=(logits.argmax(1) == labels).float().mean().item(),
-                         mean_multiply_adds=costs[exit_used.cpu()].mean().item(),
-                         exit_shares=torch.bincount(exit_used.cpu(), minlength=model.num_exits).div(len(labels)).tolist()))
+                         mean_multiply_adds=costs[exit_used].mean().item(),
+                         exit_shares=(torch.bincount(exit_used, minlength=model.num_exits) / len(labels)).tolist()))
     return rows
 
 
