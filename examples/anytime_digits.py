@@ -1,5 +1,6 @@
 """SmartNet vs MSDNet at equal budgets on scikit-learn's digits (no network): the two evaluations of the
-MSDNet paper (Huang et al., ICLR 2018, Sec. 5), on a small data set.
+MSDNet paper (Huang et al., ICLR 2018: anytime prediction, budgeted batch classification), on a small
+data set.
 
     python examples/anytime_digits.py --threads 1            # one seed, ~1.5 min on one busy CPU core
     python examples/anytime_digits.py --seeds 0 1 2          # mean and spread over seeds

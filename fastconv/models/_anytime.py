@@ -1,6 +1,6 @@
 """What every multi-exit ("anytime") network here shares: the exit-by-exit forward, early-exit inference
 with per-sample stopping, the multiply-adds to reach each exit, the exit confidence, the joint loss, and the
-budgeted-batch thresholds of MSDNet (Huang et al., ICLR 2018, Sec. 5 and its code's ``dynamic_evaluate``).
+budgeted-batch thresholds of MSDNet (Huang et al., ICLR 2018, and its code's ``dynamic_evaluate``).
 
 A network subclasses :class:`AnytimeNetwork` and says how to run itself one exit at a time:
 

@@ -3,7 +3,7 @@
 the CIFAR form of the network, with the authors' code (github.com/gaohuang/MSDNet, its PyTorch port
 kalviny/MSDNet-PyTorch) as the reference for what the paper leaves to it.
 
-* Multi-scale feature maps (Sec. 4, Fig. 2). The network keeps ``num_scales`` maps at once, each half the
+* Multi-scale feature maps (Sec. 4). The network keeps ``num_scales`` maps at once, each half the
   resolution and ``scale_widths[s]`` times the channels of the finer one. The first layer makes them all:
   a 3x3 conv-BN-ReLU at the input's resolution (CIFAR: stride 1), then one strided 3x3 conv-BN-ReLU per
   coarser scale, each from the scale above it.
@@ -32,9 +32,10 @@ Measured against SmartNet at equal multiply-adds on scikit-learn's digits (``exa
 the README's "SmartNet vs MSDNet" has the tables): far better at the first exit (98.3 % vs 86.2 %, 3 seeds),
 within about two test images of it (slightly behind) from ~4 M multiply-adds on. Digits, not CIFAR.
 
-Not here: the ImageNet first layer (7x7 stride 2 + max pool), its four scales and its classifiers; the
-paper's ImageNet and CIFAR configurations are reachable through the arguments (``num_scales=4``, the
-first layer aside). State_dict keys are fastconv's own (no published MSDNet checkpoint is loaded).
+Not here: the ImageNet first layer (7x7 stride 2 + max pool) and its classifiers (the CIFAR ones are used
+whatever ``num_scales``); the authors' initialisation (He-normal conv weights by fan-out): the weights start
+from PyTorch's defaults, as SmartNet's do, so the comparison differs in architecture only. State_dict keys
+are fastconv's own (no published MSDNet checkpoint is loaded).
 
 fastconv: every conv-BN-ReLU is a fastconv.nn.Conv2dNormActivation (folded and run by fastconv.ops.conv2d_act
 in eval; conv + fastconv.ops.batch_norm_act in training).
@@ -230,5 +231,6 @@ class MSDNet(AnytimeNetwork):
 def msdnet(*, weights=None, progress: bool = True, **kwargs) -> MSDNet:
     """A small 4-exit, 3-scale MSDNet for 32x32 inputs (``num_classes=10``, ``in_channels=3``; the digits
     example uses ``in_channels=1``), sized to SmartNet's multiply-adds at the last exit on digits. The
-    paper's CIFAR sizes: ``channels=16, growth=6, classifier_channels=128`` (and more blocks)."""
+    authors' CIFAR anytime model (their run_anytime_cifar.sh: 10 blocks, base 4, step 2, 16 channels, growth
+    6): ``msdnet(steps=(4,) + (2,) * 9, channels=16, growth=6, classifier_channels=128)``."""
     return build(MSDNet, weights, progress, **kwargs)
