@@ -1,8 +1,10 @@
-"""Train LeNet-5 or SmartNet on real data with no network: scikit-learn's bundled digits (1,797 8x8 images,
+"""Train LeNet-5, SmartNet or MSDNet on real data with no network: scikit-learn's bundled digits (1,797 8x8 images,
 10 classes), resized to 32x32, through fastconv's ops (forward and backward).
 
     python examples/train_digits.py --model lenet5                 # >= 97 % test accuracy in seconds on a CPU
     python examples/train_digits.py --model smartnet               # per-exit accuracy, early-exit FLOPs saved
+    python examples/train_digits.py --model msdnet                 # the same for MSDNet (same budget flags)
+    python examples/anytime_digits.py                              # SmartNet vs MSDNet at equal budgets
     torchrun --nproc_per_node=2 examples/train_digits.py --model lenet5   # DistributedDataParallel
 
 Under torchrun (RANK / WORLD_SIZE set) the script trains with DistributedDataParallel: gloo on CPU, nccl on
@@ -22,25 +24,27 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import fastconv
 from fastconv.models import exit_loss
 
-DEFAULT_EPOCHS = {"lenet5": 12, "smartnet": 10}
-DEFAULT_BATCH_SIZE = {"lenet5": 32, "smartnet": 64}
-DEFAULT_LEARNING_RATE = {"lenet5": 3e-3, "smartnet": 5e-3}
+ANYTIME_MODELS = ("smartnet", "msdnet")  # multi-exit networks (fastconv.models._anytime.AnytimeNetwork)
+DEFAULT_EPOCHS = {"lenet5": 12, "smartnet": 10, "msdnet": 10}
+DEFAULT_BATCH_SIZE = {"lenet5": 32, "smartnet": 64, "msdnet": 64}
+DEFAULT_LEARNING_RATE = {"lenet5": 3e-3, "smartnet": 5e-3, "msdnet": 5e-3}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["lenet5", "smartnet"], default="lenet5")
-    parser.add_argument("--epochs", type=int, help="default: 12 (lenet5), 10 (smartnet)")
+    parser.add_argument("--model", choices=["lenet5", *ANYTIME_MODELS], default="lenet5")
+    parser.add_argument("--epochs", type=int, help="default: 12 (lenet5), 10 (smartnet, msdnet)")
     parser.add_argument("--batch-size", type=int,
-                        help="global batch size, split across processes; default 32 (lenet5), 64 (smartnet)")
+                        help="global batch size, split across processes; default 32 (lenet5), 64 (smartnet, msdnet)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (cosine decay); default 3e-3 (lenet5), "
-                                                 "5e-3 (smartnet)")
+                                                 "5e-3 (smartnet, msdnet)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     parser.add_argument("--classic", action="store_true", help="lenet5: the 1998 tanh / average-pooling form")
     parser.add_argument("--training", choices=["joint", "exit-by-exit"], default="joint",
-                        help="smartnet: all exits at once (uniform weighted sum of losses) or one exit at a time")
+                        help="smartnet, msdnet: all exits at once (uniform weighted sum of losses) or one exit at a "
+                             "time")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.9, 0.99],
-                        help="smartnet: softmax confidence thresholds for early exit")
+                        help="smartnet, msdnet: softmax confidence thresholds for early exit")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per process (default 1: these nets are too small for intra-op "
@@ -155,12 +159,12 @@ def training_phases(model, args):
         return [("lenet5", args.epochs, list(model.parameters()), [],
                  lambda m, x, y: F.cross_entropy(m(x), y))]
     if args.training == "joint":
-        return [("smartnet (joint)", args.epochs, list(model.parameters()), [],
+        return [(f"{args.model} (joint)", args.epochs, list(model.parameters()), [],
                  lambda m, x, y: exit_loss(m(x), y))]
     phases = []
-    for index in range(model.num_exits):  # exit k trains block k and exit k on top of the frozen earlier ones
-        frozen = [model.stem, *model.blocks[:index], *model.exits[:index]] if index > 0 else []
-        phases.append((f"smartnet exit {index + 1}", args.epochs, model.exit_parameters(index), frozen,
+    for index in range(model.num_exits):  # exit k trains its own modules on top of the frozen earlier ones
+        frozen = [module for earlier in range(index) for module in model.exit_modules(earlier)]
+        phases.append((f"{args.model} exit {index + 1}", args.epochs, model.exit_parameters(index), frozen,
                        lambda m, x, y, k=index: F.cross_entropy(m(x, num_exits=k + 1)[-1], y)))
     return phases
 
@@ -194,7 +198,7 @@ def report(results):
                   f"on {results['world_size']} process(es), {results['device']}")
     if "exit_accuracy" not in results:
         return
-    exits = Table(title="SmartNet exits")
+    exits = Table(title=f"{results['model']} exits")
     for column in ("exit", "accuracy", "multiply-adds to reach it"):
         exits.add_column(column, justify="right")
     for index, (accuracy, cost) in enumerate(zip(results["exit_accuracy"], results["exit_multiply_adds"])):
@@ -218,7 +222,7 @@ def main(argv=None):
     if args.model == "lenet5":
         model = fastconv.models.lenet5(classic=args.classic)
     else:
-        model = fastconv.models.smartnet(in_channels=1)
+        model = fastconv.models.get_model(args.model, in_channels=1)
     model.to(world.device)
     start = time.perf_counter()
     train(model, training_phases(model, args), train_set, args, world)

@@ -68,3 +68,26 @@ def test_lenet5_trains_with_ddp_on_two_processes(tmp_path):
           f"{results['train_seconds']:.1f} s of training ({time.perf_counter() - start:.1f} s with start-up)")
     assert results["world_size"] == 2
     assert results["test_accuracy"] >= 0.97
+
+
+def test_anytime_digits_compares_smartnet_and_msdnet_at_equal_budget(tmp_path):
+    """examples/anytime_digits.py, one epoch (the numbers are the README's, from the full run): both nets
+    trained, their last exits within 20 % in multiply-adds, every early-exit row between the first and the
+    last exit's cost, the budgeted-batch shares summing to 1; --report reads the saved runs back."""
+    spec = importlib.util.spec_from_file_location("anytime_digits", ROOT / "examples" / "anytime_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "runs.json"
+    runs = module.main(["--epochs", "1", "--ratios", "0.1", "4", "--no-progress", "--device", "cpu",
+                        "--json", str(output)])
+    assert [run["model"] for run in runs] == ["smartnet", "msdnet"]
+    last = [run["exit_multiply_adds"][-1] for run in runs]
+    assert max(last) <= 1.2 * min(last)
+    for run in runs:
+        first, final = run["exit_multiply_adds"][0], run["exit_multiply_adds"][-1]
+        assert len(run["exit_accuracy"]) == 4 and len(run["budgeted_batch"]) == 2
+        for row in run["early_exit"] + run["budgeted_batch"]:
+            assert first <= row["mean_multiply_adds"] <= final
+        for row in run["budgeted_batch"]:
+            assert abs(sum(row["exit_shares"]) - 1) < 1e-6
+    assert module.main(["--report", str(output)]) == json.loads(output.read_text())["runs"]

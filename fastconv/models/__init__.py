@@ -6,9 +6,10 @@ from fastconv.models.inception_resnet_v2 import InceptionResnetV2, inception_res
 from fastconv.models.inception_v4 import InceptionV4, inception_v4  # noqa: F401
 from fastconv.models.mobilenetv1 import MobileNetV1, mobilenetv1_100  # noqa: F401
 from fastconv.models.dcn_resnet import dcn_resnet50, load_resnet50_state_dict  # noqa: F401
-from fastconv.models import highway, lenet, pyramidnet, shufflenetv1, smartnet, zfnet  # noqa: F401
+from fastconv.models import highway, lenet, msdnet, pyramidnet, shufflenetv1, smartnet, zfnet  # noqa: F401
 from fastconv.models.highway import HighwayNet, highway_net  # noqa: F401
 from fastconv.models.lenet import LeNet5, lenet5  # noqa: F401
+from fastconv.models.msdnet import MSDNet, msdnet  # noqa: F401
 from fastconv.models.pyramidnet import (  # noqa: F401
     PyramidNet, pyramidnet, pyramidnet110_a48, pyramidnet200_a300, pyramidnet272_a200,
 )
@@ -38,8 +39,8 @@ from fastconv.models.xception import Xception, legacy_xception  # noqa: F401
 __all__ = resnet.__all__ + [
     "MobileNetV2", "ShuffleNetV2", "dcn_resnet50", "get_model", "load_resnet50_state_dict", "mobilenet_v2", "list_models", "register_model", "shufflenet_v2", "shufflenet_v2_x0_5",
     "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
-    "HighwayNet", "LeNet5", "PyramidNet", "ShuffleNetV1", "SmartNet", "ZFNet", "exit_loss", "highway_net", "lenet5",
-    "pyramidnet", "pyramidnet110_a48", "pyramidnet200_a300", "pyramidnet272_a200", "shufflenet_v1",
+    "HighwayNet", "LeNet5", "MSDNet", "PyramidNet", "ShuffleNetV1", "SmartNet", "ZFNet", "exit_loss", "highway_net", "lenet5",
+    "msdnet", "pyramidnet", "pyramidnet110_a48", "pyramidnet200_a300", "pyramidnet272_a200", "shufflenet_v1",
     "shufflenet_v1_x0_5", "shufflenet_v1_x1_0", "shufflenet_v1_x1_5", "shufflenet_v1_x2_0", "smartnet", "zfnet",
 ]
 

@@ -1,5 +1,5 @@
 """Models fastconv defines itself (no torchvision/timm reference): lenet5, zfnet, highway_net, pyramidnet*,
-shufflenet_v1*, smartnet. Checked against independent facts instead: parameter counts, output sizes and
+shufflenet_v1*, smartnet, msdnet. Checked against independent facts instead: parameter counts, output sizes and
 FLOPs as published, plain-torch compositions written here, fastconv's "reference" backend (plain ATen),
 forward/backward, channels_last, num_classes."""
 import pytest
@@ -9,7 +9,9 @@ import torch.nn.functional as F
 import fastconv
 from fastconv import models
 from fastconv.models._complexity import multiply_adds
+from fastconv.models._anytime import budgeted_thresholds, exit_confidence, geometric_exit_fractions
 from fastconv.models.highway import HighwayConv2d
+from fastconv.models.msdnet import MSDLayer, scale_schedule
 from fastconv.models.pyramidnet import BasicUnit, BottleneckUnit
 from fastconv.models.shufflenetv1 import ShuffleNetV1Unit
 from test_zoo import randomize_batch_norm, reference_builder
@@ -18,6 +20,7 @@ from tolerances import TOLERANCES
 # (input channels, resolution, batch) per model: the smallest inputs each net reduces to >= 1x1 (fast on 2 cores).
 INPUTS = {
     "lenet5": (1, 32, 2), "zfnet": (3, 64, 2), "highway_net": (3, 32, 2), "smartnet": (3, 32, 2),
+    "msdnet": (3, 16, 2),
     "pyramidnet": (3, 16, 2), "pyramidnet110_a48": (3, 16, 2), "pyramidnet272_a200": (3, 8, 2),
     "pyramidnet200_a300": (3, 16, 2),
     "shufflenet_v1": (3, 32, 2), "shufflenet_v1_x0_5": (3, 32, 2), "shufflenet_v1_x1_0": (3, 32, 2),
@@ -27,7 +30,7 @@ INPUTS = {
 OWN = [name for name in models.list_models() if reference_builder(name) is None]
 # For the float64 backend / layout comparisons: one net per family, shallow where the family allows (a
 # 20-layer PyramidNet runs the same units as the 110-layer one).
-SMALL = {"lenet5": {}, "zfnet": {}, "highway_net": {}, "smartnet": {}, "pyramidnet": dict(depth=20),
+SMALL = {"lenet5": {}, "zfnet": {}, "highway_net": {}, "smartnet": {}, "msdnet": {}, "pyramidnet": dict(depth=20),
          "shufflenet_v1_x0_5": dict(groups=8)}
 
 
@@ -276,34 +279,6 @@ def test_smartnet_exits_see_every_earlier_block(smartnet):
     assert len(outputs) == 4 and all(o.shape == (2, 10) for o in outputs)
 
 
-def test_smartnet_predict_skips_later_blocks_for_exited_samples(smartnet):
-    x = torch.randn(16, 1, 32, 32)
-    with torch.no_grad():
-        full = smartnet(x)
-    batch_sizes = []
-    hooks = [block.register_forward_hook(lambda m, i, o: batch_sizes.append(o.shape[0])) for block in smartnet.blocks]
-    # Threshold at the median first-exit confidence: about half the samples stop at exit 1.
-    threshold = full[0].softmax(1).amax(1).median().item()
-    logits, exit_used = smartnet.predict(x, threshold)
-    for hook in hooks:
-        hook.remove()
-    going = [int((exit_used >= k).sum()) for k in range(4)]
-    assert batch_sizes == [n for n in going if n > 0]  # block k ran on exactly the samples still going
-    assert 0 < going[1] < 16
-    rtol, atol = TOLERANCES[torch.float32]
-    for i in range(16):
-        torch.testing.assert_close(logits[i], full[exit_used[i]][i], rtol=rtol, atol=atol)
-        confidence = full[exit_used[i]][i].softmax(0).max()
-        assert exit_used[i] == 3 or confidence >= threshold
-        assert all(full[k][i].softmax(0).max() < threshold for k in range(exit_used[i]))
-    logits, exit_used = smartnet.predict(x, 0.0)
-    assert torch.all(exit_used == 0)
-    torch.testing.assert_close(logits, full[0], rtol=rtol, atol=atol)
-    logits, exit_used = smartnet.predict(x, 1.1)
-    assert torch.all(exit_used == 3)
-    torch.testing.assert_close(logits, full[3], rtol=rtol, atol=atol)
-
-
 def test_smartnet_truncate_saves_and_loads_only_its_exits(smartnet, tmp_path):
     truncated = smartnet.truncate(2)
     keys = list(truncated.state_dict())
@@ -320,13 +295,8 @@ def test_smartnet_truncate_saves_and_loads_only_its_exits(smartnet, tmp_path):
             for a, b in zip(reloaded, full[:2]):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert parameter_count(loaded) < parameter_count(smartnet)
-
-
-def test_smartnet_exit_costs_add_up_to_the_full_forward(smartnet):
-    costs = smartnet.exit_costs((1, 32, 32))
-    assert all(a < b for a, b in zip(costs, costs[1:]))
-    assert costs[-1] == multiply_adds(smartnet, torch.randn(1, 1, 32, 32))
-    assert costs[0] == multiply_adds(smartnet.truncate(1).eval(), torch.randn(1, 1, 32, 32))
+    x = torch.randn(1, 1, 32, 32)
+    assert smartnet.exit_costs((1, 32, 32))[1] == multiply_adds(truncated.eval(), x)
 
 
 def test_smartnet_exit_loss_and_exit_parameters(smartnet):
@@ -338,17 +308,88 @@ def test_smartnet_exit_loss_and_exit_parameters(smartnet):
     assert trained == {id(p) for m in (smartnet.blocks[2], smartnet.exits[2]) for p in m.parameters()}
 
 
+# --- Anytime networks (SmartNet, MSDNet): what fastconv.models._anytime gives both -----------------------------
+@pytest.fixture(params=["smartnet", "msdnet"])
+def anytime_model(request):
+    torch.manual_seed(0)
+    model = models.get_model(request.param, in_channels=1).eval()
+    randomize_batch_norm(model)
+    return model
+
+
+def test_anytime_predict_skips_later_blocks_for_exited_samples(anytime_model):
+    model, last = anytime_model, anytime_model.num_exits - 1
+    x = torch.randn(16, 1, 32, 32)
+    with torch.no_grad():
+        full = model(x)
+    batch_sizes = []
+    hooks = [block.register_forward_hook(lambda m, i, o: batch_sizes.append(len(o[0] if isinstance(o, list) else o)))
+             for block in model.blocks]
+    # Threshold at the median first-exit confidence: about half the samples stop at exit 1.
+    threshold = full[0].softmax(1).amax(1).median().item()
+    logits, exit_used = model.predict(x, threshold)
+    for hook in hooks:
+        hook.remove()
+    going = [int((exit_used >= k).sum()) for k in range(model.num_exits)]
+    assert batch_sizes == [n for n in going if n > 0]  # block k ran on exactly the samples still going
+    assert 0 < going[1] < 16
+    rtol, atol = TOLERANCES[torch.float32]
+    for i in range(16):
+        torch.testing.assert_close(logits[i], full[exit_used[i]][i], rtol=rtol, atol=atol)
+        confidence = full[exit_used[i]][i].softmax(0).max()
+        assert exit_used[i] == last or confidence >= threshold
+        assert all(full[k][i].softmax(0).max() < threshold for k in range(exit_used[i]))
+    logits, exit_used = model.predict(x, 0.0)
+    assert torch.all(exit_used == 0)
+    torch.testing.assert_close(logits, full[0], rtol=rtol, atol=atol)
+    logits, exit_used = model.predict(x, 1.1)
+    assert torch.all(exit_used == last)
+    torch.testing.assert_close(logits, full[last], rtol=rtol, atol=atol)
+    # One threshold per exit: nobody may leave at exit 1, everybody at exit 2.
+    logits, exit_used = model.predict(x, [1.1, 0.0] + [0.5] * (model.num_exits - 2))
+    assert torch.all(exit_used == 1)
+    torch.testing.assert_close(logits, full[1], rtol=rtol, atol=atol)
+
+
+def test_anytime_exit_costs_equal_separate_forwards(anytime_model):
+    """The cumulative counts of one pass equal the counts of forwards that stop at each exit."""
+    costs = anytime_model.exit_costs((1, 32, 32))
+    assert all(a < b for a, b in zip(costs, costs[1:]))
+    x = torch.randn(1, 1, 32, 32)
+    assert costs == [multiply_adds(anytime_model, x, num_exits=k + 1) for k in range(anytime_model.num_exits)]
+    assert costs[-1] == multiply_adds(anytime_model, x)
+
+
+def test_budgeted_thresholds_send_the_requested_share_out_at_each_exit():
+    """8 samples, shares 1/2, 1/4, 1/4: the 4 most confident at exit 1 leave there, then the 2 most confident
+    at exit 2 of the other 4, the last 2 go to the end (MSDNet's budgeted batch classification)."""
+    fractions = geometric_exit_fractions(0.5, 3)
+    torch.testing.assert_close(torch.tensor(fractions), torch.tensor([4.0, 2.0, 1.0]) / 7)
+    first = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
+    second = torch.tensor([0.0, 0.5, 0.0, 0.9, 0.0, 0.1, 0.0, 0.8])  # samples 3 and 7 are the confident ones
+    # Logits whose softmax top probability is the given confidence: two classes, log-odds of p.
+    exit_logits = [torch.stack([torch.zeros(8), torch.logit(0.5 + c.clamp(1e-3, 0.999) / 2)], 1) for c in
+                   (first, second, torch.rand(8))]
+    thresholds = budgeted_thresholds(exit_logits, [0.5, 0.25, 0.25])
+    leave_first = exit_confidence(exit_logits[0]) >= thresholds[0]
+    assert leave_first.nonzero().flatten().tolist() == [0, 2, 4, 6]
+    leave_second = ~leave_first & (exit_confidence(exit_logits[1]) >= thresholds[1])
+    assert leave_second.nonzero().flatten().tolist() == [3, 7]
+    assert thresholds[-1] == float("-inf")
+
+
 @pytest.mark.parametrize("training", [False, True])
-def test_smartnet_compiles_fullgraph(smartnet, training):
-    """One graph for the whole multi-exit forward (the feature matrix is plain Python state dynamo traces),
-    in eval and in training (fastconv's batch_norm_act custom op, its fake kernel and autograd, inside the
-    graph). The aot_eager backend: dynamo capture and AOT autograd are what fastconv must support; inductor's
-    C++ code generation took minutes on the shared 2-core machine (test_zoo compiles shufflenet with it)."""
+def test_anytime_compiles_fullgraph(anytime_model, training):
+    """One graph for the whole multi-exit forward (SmartNet's feature matrix, MSDNet's list of scales: plain
+    Python state dynamo traces), in eval and in training (fastconv's batch_norm_act custom op, its fake
+    kernel and autograd, inside the graph). The aot_eager backend: dynamo capture and AOT autograd are what
+    fastconv must support; inductor's C++ code generation took minutes on the shared 2-core machine
+    (test_zoo compiles shufflenet with it)."""
     import copy
 
     x = torch.randn(2, 1, 32, 32)
-    eager = copy.deepcopy(smartnet).train(training)
-    model = smartnet.train(training)
+    eager = copy.deepcopy(anytime_model).train(training)
+    model = anytime_model.train(training)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.set_grad_enabled(training):
@@ -361,3 +402,77 @@ def test_smartnet_compiles_fullgraph(smartnet, training):
         sum(o.square().mean() for o in expected).backward()
         for (key, p), q in zip(model.named_parameters(), eager.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=atol, msg=lambda m: f"grad of {key}: {m}")
+
+
+# --- MSDNet -------------------------------------------------------------------------------------------------
+def test_msdnet_drops_scales_as_the_authors_code():
+    """prune='max': 8 layers over 3 scales are cut in spans of ceil(8/3) = 3, each keeping one scale fewer."""
+    assert scale_schedule(8, 3) == [3, 3, 3, 2, 2, 2, 1, 1]
+    assert scale_schedule(7, 3) == [3, 3, 3, 2, 2, 2, 1]
+    assert scale_schedule(5, 3, drop_scales=False) == [3] * 5
+
+
+def test_msdnet_maps_per_block_as_counted_by_hand():
+    """Default: channels 6, growth 4, widths 1-2-4, blocks of 2 layers. Channel units after each layer:
+    6 -> 10 -> 14 | 18 -> 22, drop scale 32, transition to 11 | 15 -> 19 | 23, drop 16, to 11 -> 15: the
+    coarsest (8x8, 4 units wide) maps each classifier sees have 56, 44, 76 and 60 channels."""
+    model = models.msdnet(in_channels=1).eval()
+    sizes = []
+    hooks = [block.register_forward_hook(lambda m, i, o: sizes.append([tuple(t.shape[1:]) for t in o]))
+             for block in model.blocks]
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 1, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert sizes == [[(14, 32, 32), (28, 16, 16), (56, 8, 8)], [(22, 16, 16), (44, 8, 8)],
+                     [(38, 16, 16), (76, 8, 8)], [(60, 8, 8)]]
+    assert [e.convs[0][0].in_channels for e in model.exits] == [56, 44, 76, 60]
+    assert len(outputs) == 4 and all(o.shape == (2, 10) for o in outputs)
+
+
+def test_msdnet_first_exit_multiply_adds_counted_by_hand():
+    """A 2-scale, 1-layer MSDNet without bottlenecks on 1x8x8: first layer 1->2 (3x3, 8x8) and 2->4 (3x3,
+    stride 2, 4x4); the layer: 2->2 at 8x8, 2->2 strided and 4->2 at 4x4; the classifier: 8->4 (2x2),
+    4->4 (1x1), linear 4->10."""
+    model = models.msdnet(in_channels=1, steps=(1,), num_scales=2, channels=2, growth=2, scale_widths=(1, 2),
+                          bottleneck=False, bottleneck_widths=(1, 2), classifier_channels=4)
+    expected = (2 * 1 * 9 * 64 + 4 * 2 * 9 * 16
+                + 2 * 2 * 9 * 64 + 2 * 2 * 9 * 16 + 2 * 4 * 9 * 16
+                + 4 * 8 * 9 * 4 + 4 * 4 * 9 * 1 + 4 * 10)
+    assert model.exit_costs((1, 8, 8)) == [expected]
+
+
+def plain_conv_bn_relu(x, block, stride=1):
+    conv, bn = block[0], block[1]
+    h = F.conv2d(x, conv.weight, None, stride, conv.kernel_size[0] // 2)
+    return F.relu(F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False))
+
+
+def plain_msd_conv(x, unit, stride):
+    """The paper's bottleneck conv: 1x1 conv-BN-ReLU, then 3x3 conv-BN-ReLU with ``stride``."""
+    bottleneck, conv3x3 = unit
+    assert bottleneck[0].kernel_size == (1, 1) and conv3x3[0].kernel_size == (3, 3)
+    return plain_conv_bn_relu(plain_conv_bn_relu(x, bottleneck), conv3x3, stride)
+
+
+@pytest.mark.parametrize("drops_scale", [False, True])
+def test_msdnet_layer_equals_plain_torch(drops_scale):
+    """Each scale's output is [same, strided 3x3 of the finer scale, regular 3x3 of the same scale]
+    (concatenated; the finest output has no strided part unless the layer drops the scale above it)."""
+    layer = MSDLayer([4, 8, 16], [2, 4, 8], [1, 2, 4], 3, 2 if drops_scale else 3).double().eval()
+    randomize_batch_norm(layer)
+    x0, x1, x2 = (torch.randn(2, c, s, s, dtype=torch.float64) for c, s in ((4, 8), (8, 4), (16, 2)))
+    units = list(layer.units)
+    expected = [] if drops_scale else [torch.cat([x0, plain_msd_conv(x0, units[0].regular, 1)], 1)]
+    scale1, scale2 = units[-2], units[-1]
+    expected += [torch.cat([x1, plain_msd_conv(x0, scale1.strided, 2), plain_msd_conv(x1, scale1.regular, 1)], 1),
+                 torch.cat([x2, plain_msd_conv(x1, scale2.strided, 2), plain_msd_conv(x2, scale2.regular, 1)], 1)]
+    # Bottleneck widths: min(input channels, width * output channels) (the authors' ConvBN).
+    assert [scale1.strided[0][0].out_channels, scale1.regular[0][0].out_channels,
+            scale2.strided[0][0].out_channels, scale2.regular[0][0].out_channels] == [2, 4, 8, 16]
+    with torch.no_grad():
+        outputs = layer([x0, x1, x2])
+    assert [o.shape[1] for o in outputs] == ([] if drops_scale else [6]) + [12, 24]
+    rtol, atol = TOLERANCES[torch.float64]
+    for out, reference in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(out, reference, rtol=rtol, atol=atol)
