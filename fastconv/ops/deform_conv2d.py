@@ -17,7 +17,7 @@ blocks) with atomics, so under torch.use_deterministic_algorithms(True) it raise
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch._prims_common import suggest_memory_format
+from torch._prims_common import alert_not_deterministic, suggest_memory_format
 
 from fastconv.ops import _reference
 from fastconv.ops._checks import check_deform_conv2d_args, check_deform_conv2d_backward_args, deform_pair
@@ -171,11 +171,32 @@ def deform_conv2d_triton(
     return kernels.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
 
 
-deform_conv2d_triton.register_fake(_forward_fake)
-# The backward is the C++ op (CPU kernels under the interpreter, CUDA kernels on a GPU).
-deform_conv2d_triton.register_autograd(
-    _make_forward_grad(torch.ops.fastconv._deform_conv2d_backward), setup_context=_setup_forward
+# infer_schema cannot express optional outputs (the unrequested gradients): spell the schema out.
+@torch.library.custom_op(
+    "fastconv::_deform_conv2d_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, SymInt[2] stride, "
+    "SymInt[2] padding, SymInt[2] dilation, bool[5] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)",
 )
+def _deform_conv2d_backward_triton(grad_output, input, offset, weight, mask, stride, padding, dilation, output_mask):
+    """_deform_conv2d_backward in Triton: same gradients, layouts and output_mask; None where not wanted."""
+    check_deform_conv2d_backward_args(grad_output, input, offset, weight, mask, stride, padding, dilation)
+    if output_mask[0]:
+        # Same policy as the CUDA backward: raises under torch.use_deterministic_algorithms(True), warns
+        # with warn_only=True.
+        alert_not_deterministic("fastconv deform_conv2d backward in Triton (grad_input is accumulated with "
+                                "atomic adds; the CPU backend's backward is deterministic)")
+    from fastconv.triton_kernels import deform_conv2d as kernels  # imports triton: only when used
+
+    return kernels.deform_conv2d_backward(grad_output, input, offset, weight, mask, stride, padding, dilation,
+                                          output_mask)
+
+
+deform_conv2d_triton.register_fake(_forward_fake)
+_deform_conv2d_backward_triton.register_fake(_backward_fake)
+deform_conv2d_triton.register_autograd(_make_forward_grad(_deform_conv2d_backward_triton), setup_context=_setup_forward)
+# The double backward: the same plain-ATen composition as the C++ op's.
+_deform_conv2d_backward_triton.register_autograd(_backward_grad, setup_context=_setup_backward)
 
 
 _OP = register_op(
