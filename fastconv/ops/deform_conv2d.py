@@ -1,18 +1,23 @@
 """Deformable convolution v1/v2: ``fastconv.ops.deform_conv2d``, torchvision.ops.deform_conv2d's semantics.
 
 Autograd: the forward keeps input, offset, weight and mask (every gradient needs all of them but bias); the
-backward op returns the five gradients at once, skipping the ones nobody asked for. The Triton variant's
-backward is the C++ backward op (CPU or CUDA kernels): there is no Triton backward kernel yet.
+backward op returns the five gradients at once, skipping the ones nobody asked for. The C++ op's backward is
+`_deform_conv2d_backward` (CPU/CUDA kernels); the Triton variant's is `_deform_conv2d_backward_triton` (Triton
+kernels: fastconv/triton_kernels/deform_conv2d.py), same semantics and layouts. Both double backwards go
+through the plain-ATen composition.
 
 Workspace: no (C*kh*kw) x (N*H_out*W_out) column buffer. The CPU forward holds one column tile per thread
 (<= 2^17 elements); the CPU backward one per thread plus the per-channel-block partial sums of grad_offset/
 grad_mask, (C / B) x N x 3*kh*kw x H_out*W_out with B <= 32 (e.g. 8 x 27 values per output pixel for C = 256,
 ~9% of torchvision's 2304-value column per pixel). The CUDA kernels keep their tiles in shared memory; only
-float16/bfloat16 gradients use float32 accumulators shaped like the gradient itself.
+float16/bfloat16 gradients use float32 accumulators shaped like the gradient itself. The Triton kernels keep
+their column tiles in registers; their only workspace is grad_input's float32 accumulator for float16/bfloat16.
 
 Determinism: the CPU backward is deterministic (fixed-order sums, bit-identical for any thread count). The
 CUDA backward accumulates grad_input (and grad_offset/grad_mask when an offset group spans several channel
-blocks) with atomics, so under torch.use_deterministic_algorithms(True) it raises (warn_only: warns).
+blocks) with atomics, so under torch.use_deterministic_algorithms(True) it raises (warn_only: warns). The
+Triton backward accumulates only grad_input with atomics: it raises (warns) when grad_input is needed, and its
+grad_offset, grad_mask, grad_weight and grad_bias are deterministic.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
