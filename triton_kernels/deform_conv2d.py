@@ -251,9 +251,10 @@ def _columns_grad_kernel(
     w01 = tl.where(inside & ok01, (1.0 - ly) * lx, 0.0)
     w10 = tl.where(inside & ok10, ly * (1.0 - lx), 0.0)
     w11 = tl.where(inside & ok11, ly * lx, 0.0)
-    grad_y = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
-    grad_x = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
-    grad_m = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    # Per-pixel sums over the group's channels, one channel tile after the other (a fixed order).
+    grad_y = tl.zeros([BLOCK_P], dtype=ACC)
+    grad_x = tl.zeros([BLOCK_P], dtype=ACC)
+    grad_m = tl.zeros([BLOCK_P], dtype=ACC)
     c_begin = og * CPOG
     c_end = c_begin + CPOG
     # The offset group's channels, weight group by weight group (each channel tile lies in one weight group).
@@ -305,19 +306,19 @@ def _columns_grad_kernel(
                 if WANT_OFFSET:
                     lyc = ly[:, None]
                     lxc = lx[:, None]
-                    grad_y += grad_col * (lxc * (v11 - v01) + (1.0 - lxc) * (v10 - v00))
-                    grad_x += grad_col * (lyc * (v11 - v10) + (1.0 - lyc) * (v01 - v00))
+                    grad_y += tl.sum(grad_col * (lxc * (v11 - v01) + (1.0 - lxc) * (v10 - v00)), axis=1)
+                    grad_x += tl.sum(grad_col * (lyc * (v11 - v10) + (1.0 - lyc) * (v01 - v00)), axis=1)
                 if WANT_MASK:
                     # d out / d mask: the unmodulated sample (zero outside the forward's range).
-                    grad_m += grad_col * (w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10
-                                          + w11[:, None] * v11)
+                    grad_m += tl.sum(grad_col * (w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10
+                                                 + w11[:, None] * v11), axis=1)
     if WANT_OFFSET:
         at_grad = goff_ptr + n * sgon + oh * sgoh + ow * sgow + (og * 2 * KH * KW + 2 * k) * sgoc
-        tl.store(at_grad, (tl.sum(grad_y, axis=1) * modulation).to(goff_ptr.dtype.element_ty), mask=p_ok)
-        tl.store(at_grad + sgoc, (tl.sum(grad_x, axis=1) * modulation).to(goff_ptr.dtype.element_ty), mask=p_ok)
+        tl.store(at_grad, (grad_y * modulation).to(goff_ptr.dtype.element_ty), mask=p_ok)
+        tl.store(at_grad + sgoc, (grad_x * modulation).to(goff_ptr.dtype.element_ty), mask=p_ok)
     if WANT_MASK:
         at_grad = gm_ptr + n * sgmn + oh * sgmh + ow * sgmw + (og * KH * KW + k) * sgmc
-        tl.store(at_grad, tl.sum(grad_m, axis=1).to(gm_ptr.dtype.element_ty), mask=p_ok)
+        tl.store(at_grad, grad_m.to(gm_ptr.dtype.element_ty), mask=p_ok)
 
 
 def _memory_format(tensor):
