@@ -40,6 +40,13 @@ from fastconv.triton_kernels._common import INTERPRET
 BLOCK_PIXELS = 256 if INTERPRET else 64
 BLOCK_CHANNELS = 32
 BLOCK_OUT = 32 if INTERPRET else 64
+# The backward kernels on a GPU (not yet timed on one): 8 warps and 16-channel tiles. Compiled for sm_90 with
+# triton.compile and read back with cuobjdump, 4 warps and 32 channels spill 2.4-3.2 KB of stack per thread in
+# the columns kernel (its four corner pointer tiles, loads and atomics) and up to 1.9 KB in the weight kernel;
+# this choice: float16 none (8 B), float32 128-280 B. 16 channels also doubles the weight kernel's programs
+# (few for C = 128: one per output tile).
+BACKWARD_WARPS = 8
+BACKWARD_BLOCK_CHANNELS = BLOCK_CHANNELS if INTERPRET else 16
 INT32_MAX = 2**31 - 1
 
 
@@ -402,9 +409,11 @@ def deform_conv2d_backward(grad_output, input, offset, weight, mask, stride, pad
         strides = (*grad_output.stride(), *input.stride(), *offset.stride(), *modulation.stride())
         options = dict(HAS_MASK=mask is not None, ACC=_accumulator(input.dtype),
                        DOT_IEEE=input.dtype in (torch.float32, torch.float64),
-                       BLOCK_P=BLOCK_PIXELS, BLOCK_C=BLOCK_CHANNELS, BLOCK_O=BLOCK_OUT, INDEX_64=index_64)
+                       BLOCK_P=BLOCK_PIXELS, BLOCK_C=BACKWARD_BLOCK_CHANNELS, BLOCK_O=BLOCK_OUT, INDEX_64=index_64,
+                       num_warps=BACKWARD_WARPS)
         if want_weight:
-            grid = (groups * triton.cdiv(outputs_per_group, BLOCK_OUT), kh * kw * triton.cdiv(cg, BLOCK_CHANNELS))
+            grid = (groups * triton.cdiv(outputs_per_group, BLOCK_OUT),
+                    kh * kw * triton.cdiv(cg, BACKWARD_BLOCK_CHANNELS))
             _grad_weight_kernel[grid](grad_output, input, offset, modulation, grad_weight, *geometry, *strides,
                                       *conv, **options)
         if want_input or want_offset or want_mask:
