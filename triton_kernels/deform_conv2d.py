@@ -29,6 +29,8 @@ Every tensor is addressed through its strides (NCHW, channels_last, views); outp
 memory format (the C++ op's rule: grad_input the input's, grad_offset the offset's, grad_mask the mask's).
 float16/bfloat16 feed tl.dot in the input dtype (tensor cores) with float32 accumulation; float32 and float64
 use IEEE products (float64 only runs under the interpreter, for gradcheck).
+Workspace: none beyond the gradients, except grad_input's float32 accumulator for float16/bfloat16 inputs.
+scripts/triton_sm90_check.py compiles these kernels for sm_90 without a GPU and reports their register use.
 """
 import torch
 import triton
@@ -296,13 +298,13 @@ def _columns_grad_kernel(
                 m10 = pc_ok & (inside & ok10)[:, None]
                 m11 = pc_ok & (inside & ok11)[:, None]
                 tl.atomic_add(gi_plane + tl.where(m00, (y0 * sgih + x0 * sgiw)[:, None], 0),
-                              grad_sample * w00[:, None], mask=m00)
+                              grad_sample * w00[:, None], mask=m00, sem="relaxed")
                 tl.atomic_add(gi_plane + tl.where(m01, (y0 * sgih + (x0 + 1) * sgiw)[:, None], 0),
-                              grad_sample * w01[:, None], mask=m01)
+                              grad_sample * w01[:, None], mask=m01, sem="relaxed")
                 tl.atomic_add(gi_plane + tl.where(m10, ((y0 + 1) * sgih + x0 * sgiw)[:, None], 0),
-                              grad_sample * w10[:, None], mask=m10)
+                              grad_sample * w10[:, None], mask=m10, sem="relaxed")
                 tl.atomic_add(gi_plane + tl.where(m11, ((y0 + 1) * sgih + (x0 + 1) * sgiw)[:, None], 0),
-                              grad_sample * w11[:, None], mask=m11)
+                              grad_sample * w11[:, None], mask=m11, sem="relaxed")
             if WANT_OFFSET or WANT_MASK:
                 # The four corners, each zero outside the image (no range test: get_coordinate_weight).
                 plane = x_ptr + (n * sxn)[:, None] + (c * sxc)[None, :]
