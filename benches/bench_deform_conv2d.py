@@ -4,8 +4,13 @@ a detection-neck 3x3 (C = 256, 100x152), DCNv2 (with a mask), forward and forwar
 Variants per case: "reference-eager" is torchvision.ops.deform_conv2d (the speed-up baseline in the summary),
 "reference-compile" torch.compile of fastconv's plain-ATen composition (fastconv/ops/_reference.py),
 "conv2d" a plain F.conv2d of the same shape (the cost of the convolution without the deformation), then every
-fastconv backend that runs here. GPU: batch 1/8/32, fp32/fp16/bf16, channels_last. CPU (2 shared cores): batch 1
-fp32 NCHW, and the neck at half resolution, to stay quick.
+fastconv backend that runs here ("fastconv-triton" fwd+bwd times the Triton forward and backward kernels). GPU:
+batch 1/8/32, fp32/fp16/bf16, channels_last. CPU (2 shared cores): batch 1 fp32 NCHW, and the neck at half
+resolution, to stay quick.
+On a GPU every variant also reports its peak workspace: torch.cuda.max_memory_allocated during one call (peak
+reset before it) minus what was allocated before it, i.e. everything the call allocates, its output (and, for
+fwd+bwd, the saved tensors and gradients) included; the summary prints it next to torchvision's (issue 7: at
+most a quarter of torchvision's).
 Run: pytest benches/bench_deform_conv2d.py (see README); -k "og1 and not bwd" for a subset."""
 import pytest
 import torch
@@ -71,3 +76,17 @@ def test_deform_conv2d(benchmark, timed, case, variant):
 
         fn = wrap(public)
     timed(lambda: fn(*args), case.bytes_moved)
+    if GPU:  # after timed's warm-up: compilation and caching allocations are not counted
+        benchmark.extra_info["peak_workspace_bytes"] = peak_workspace_bytes(lambda: fn(*args))
+
+
+def peak_workspace_bytes(call):
+    """Peak CUDA memory allocated during call() above what was allocated before it (its result included)."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = call()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del result
+    return peak

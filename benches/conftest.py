@@ -55,4 +55,15 @@ def pytest_terminal_summary(terminalreporter, config):
             moved = bench.extra_info.get("bytes", 0)
             bandwidth = f"{moved / median / 1e9:8.1f} GB/s" if moved else ""
             variant = bench.params.get("variant", bench.name)
-            write(f"    {variant:<24} {median * 1e6:10.1f} us  {ratio}  {bandwidth}")
+            write(f"    {variant:<24} {median * 1e6:10.1f} us  {ratio}  {bandwidth}{_workspace(bench, reference)}")
+
+
+def _workspace(bench, reference):
+    """The peak workspace a bench measured (extra_info["peak_workspace_bytes"], GPU only), and its fraction of
+    the reference's."""
+    peak = bench.extra_info.get("peak_workspace_bytes")
+    if peak is None:
+        return ""
+    base = reference[0].extra_info.get("peak_workspace_bytes") if reference else None
+    fraction = f" ({peak / base:.2f} of the reference's)" if base else ""
+    return f"  peak workspace {peak / 2**20:9.1f} MiB{fraction}"

@@ -139,7 +139,10 @@ def _preactivation_grad(grad_output, input, weight, bias, output, stride, paddin
     grad = _with_layout(grad_output.contiguous(memory_format=layout), layout)
     if activation is None:
         return grad.to(compute)
-    if activation in ("hardswish", "silu"):  # recompute the pre-activation (see fastconv/ops/conv2d_act.py)
+    if activation in ("hardswish", "silu"):
+        # Recompute the pre-activation (see fastconv/ops/conv2d_act.py) unrounded, in float32: hardswish' jumps
+        # by 0.5 at +-3, and one rounded to float16/bfloat16 can land on the wrong side of the jump
+        # (tests/ops/test_conv2d_act.py::test_hardswish_backward_uses_the_unrounded_preactivation).
         value = conv2d_act(input, weight, bias, stride, padding, dilation, groups, None,
                            out_dtype=torch.float64 if weight.dtype == torch.float64 else torch.float32)
     else:

@@ -374,8 +374,10 @@ at::Tensor conv2d_act_cuda(const at::Tensor& input, const at::Tensor& weight, co
 }
 
 // grad_preact[k] = grad[k] * activation'(value[k]) over dense tensors with the same strides (float math).
-template <typename scalar_t, typename index_t>
-__global__ void preactivation_grad_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ value,
+// value_t: scalar_t for the forward output (relu/relu6), opmath (float for float16/bfloat16) for the recomputed
+// pre-activation (hardswish/silu).
+template <typename scalar_t, typename value_t, typename index_t>
+__global__ void preactivation_grad_kernel(const scalar_t* __restrict__ grad, const value_t* __restrict__ value,
                                           scalar_t* __restrict__ out, Activation act, index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t grid_stride = static_cast<index_t>(gridDim.x) * blockDim.x;
@@ -402,9 +404,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cuda(
   }
   at::Tensor grad_preact = grad_output.contiguous(format);
   if (act != Activation::kNone) {
-    // hardswish/silu: recompute the pre-activation (cuDNN); relu/relu6: the forward output.
-    const at::Tensor value = (derivative_needs_preactivation(act) ? aten_convolution(*input, weight, bias, g)
-                                                                  : *output).contiguous(format);
+    // hardswish/silu: recompute the pre-activation (cuDNN) in float: hardswish' jumps by 0.5 at +-3, and a
+    // bfloat16-rounded pre-activation (spacing 1/64 there) lands on the wrong side of the jump for true values
+    // within 1/128 of it (the CPU backward's fix, csrc/cpu/conv2d_act.cpp). float16/bfloat16 values are exact
+    // in float (and in TF32, should cuDNN use it), so only the accumulation differs from the forward's. The
+    // price: float copies of input and weight for this one convolution. relu/relu6 read the forward output
+    // (their derivative needs only its sign and whether it reached 6, which the rounded output keeps).
+    at::Tensor value;
+    if (derivative_needs_preactivation(act)) {
+      const at::ScalarType compute = at::toOpMathType(weight.scalar_type());
+      const std::optional<at::Tensor> bias_compute =
+          bias.has_value() && bias->defined() ? std::optional<at::Tensor>(bias->to(compute)) : std::nullopt;
+      value = aten_convolution(input->to(compute), weight.to(compute), bias_compute, g).contiguous(format);
+    } else {
+      value = output->contiguous(format);
+    }
     const at::Tensor grad = grad_preact;
     grad_preact = at::empty(grad.sizes(), grad.options().memory_format(format));
     const int64_t total = grad.numel();
@@ -412,16 +426,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cuda(
     const unsigned int blocks = grid_stride_blocks(total, threads);
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv2d_act_backward_cuda", [&] {
-      if (fits_int32(total + int64_t{blocks} * threads)) {
-        preactivation_grad_kernel<scalar_t, int32_t><<<blocks, threads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), grad_preact.mutable_data_ptr<scalar_t>(),
-            act, static_cast<int32_t>(total));
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto launch = [&](const auto* value_ptr) {
+        using value_t = std::remove_const_t<std::remove_pointer_t<decltype(value_ptr)>>;
+        if (fits_int32(total + int64_t{blocks} * threads)) {
+          preactivation_grad_kernel<scalar_t, value_t, int32_t><<<blocks, threads, 0, stream>>>(
+              grad.const_data_ptr<scalar_t>(), value_ptr, grad_preact.mutable_data_ptr<scalar_t>(), act,
+              static_cast<int32_t>(total));
+        } else {
+          preactivation_grad_kernel<scalar_t, value_t, int64_t><<<blocks, threads, 0, stream>>>(
+              grad.const_data_ptr<scalar_t>(), value_ptr, grad_preact.mutable_data_ptr<scalar_t>(), act, total);
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if (value.scalar_type() == grad.scalar_type()) {
+        launch(value.const_data_ptr<scalar_t>());
       } else {
-        preactivation_grad_kernel<scalar_t, int64_t><<<blocks, threads, 0, stream>>>(
-            grad.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), grad_preact.mutable_data_ptr<scalar_t>(),
-            act, total);
+        launch(value.const_data_ptr<acc_t>());
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   return conv2d_act_convolution_backward(grad_preact, input, weight, input_size, g, format, output_mask);

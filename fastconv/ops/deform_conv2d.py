@@ -1,23 +1,28 @@
 """Deformable convolution v1/v2: ``fastconv.ops.deform_conv2d``, torchvision.ops.deform_conv2d's semantics.
 
 Autograd: the forward keeps input, offset, weight and mask (every gradient needs all of them but bias); the
-backward op returns the five gradients at once, skipping the ones nobody asked for. The Triton variant's
-backward is the C++ backward op (CPU or CUDA kernels): there is no Triton backward kernel yet.
+backward op returns the five gradients at once, skipping the ones nobody asked for. The C++ op's backward is
+`_deform_conv2d_backward` (CPU/CUDA kernels); the Triton variant's is `_deform_conv2d_backward_triton` (Triton
+kernels: fastconv/triton_kernels/deform_conv2d.py), same semantics and layouts. Both double backwards go
+through the plain-ATen composition.
 
 Workspace: no (C*kh*kw) x (N*H_out*W_out) column buffer. The CPU forward holds one column tile per thread
 (<= 2^17 elements); the CPU backward one per thread plus the per-channel-block partial sums of grad_offset/
 grad_mask, (C / B) x N x 3*kh*kw x H_out*W_out with B <= 32 (e.g. 8 x 27 values per output pixel for C = 256,
 ~9% of torchvision's 2304-value column per pixel). The CUDA kernels keep their tiles in shared memory; only
-float16/bfloat16 gradients use float32 accumulators shaped like the gradient itself.
+float16/bfloat16 gradients use float32 accumulators shaped like the gradient itself. The Triton kernels keep
+their column tiles in registers; their only workspace is grad_input's float32 accumulator for float16/bfloat16.
 
 Determinism: the CPU backward is deterministic (fixed-order sums, bit-identical for any thread count). The
 CUDA backward accumulates grad_input (and grad_offset/grad_mask when an offset group spans several channel
-blocks) with atomics, so under torch.use_deterministic_algorithms(True) it raises (warn_only: warns).
+blocks) with atomics, so under torch.use_deterministic_algorithms(True) it raises (warn_only: warns). The
+Triton backward accumulates only grad_input with atomics: it raises (warns) when grad_input is needed, and its
+grad_offset, grad_mask, grad_weight and grad_bias are deterministic.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch._prims_common import suggest_memory_format
+from torch._prims_common import alert_not_deterministic, suggest_memory_format
 
 from fastconv.ops import _reference
 from fastconv.ops._checks import check_deform_conv2d_args, check_deform_conv2d_backward_args, deform_pair
@@ -171,11 +176,32 @@ def deform_conv2d_triton(
     return kernels.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
 
 
-deform_conv2d_triton.register_fake(_forward_fake)
-# The backward is the C++ op (CPU kernels under the interpreter, CUDA kernels on a GPU).
-deform_conv2d_triton.register_autograd(
-    _make_forward_grad(torch.ops.fastconv._deform_conv2d_backward), setup_context=_setup_forward
+# infer_schema cannot express optional outputs (the unrequested gradients): spell the schema out.
+@torch.library.custom_op(
+    "fastconv::_deform_conv2d_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, SymInt[2] stride, "
+    "SymInt[2] padding, SymInt[2] dilation, bool[5] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)",
 )
+def _deform_conv2d_backward_triton(grad_output, input, offset, weight, mask, stride, padding, dilation, output_mask):
+    """_deform_conv2d_backward in Triton: same gradients, layouts and output_mask; None where not wanted."""
+    check_deform_conv2d_backward_args(grad_output, input, offset, weight, mask, stride, padding, dilation)
+    if output_mask[0]:
+        # Same policy as the CUDA backward: raises under torch.use_deterministic_algorithms(True), warns
+        # with warn_only=True.
+        alert_not_deterministic("fastconv deform_conv2d backward in Triton (grad_input is accumulated with "
+                                "atomic adds; the CPU backend's backward is deterministic)")
+    from fastconv.triton_kernels import deform_conv2d as kernels  # imports triton: only when used
+
+    return kernels.deform_conv2d_backward(grad_output, input, offset, weight, mask, stride, padding, dilation,
+                                          output_mask)
+
+
+deform_conv2d_triton.register_fake(_forward_fake)
+_deform_conv2d_backward_triton.register_fake(_backward_fake)
+deform_conv2d_triton.register_autograd(_make_forward_grad(_deform_conv2d_backward_triton), setup_context=_setup_forward)
+# The double backward: the same plain-ATen composition as the C++ op's.
+_deform_conv2d_backward_triton.register_autograd(_backward_grad, setup_context=_setup_backward)
 
 
 _OP = register_op(
