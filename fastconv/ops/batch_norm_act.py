@@ -41,7 +41,7 @@ def batch_norm_act(
     Gradients flow to input, weight and bias (training and eval formulas differ, as in aten). Double
     backward is not implemented.
     """
-    return _OP.select(input)(
+    return _OP.run(
         input, weight, bias, running_mean, running_var, training, momentum, eps, activation
     )
 

@@ -20,7 +20,7 @@ def channel_shuffle(input: torch.Tensor, groups: int) -> torch.Tensor:
     Returns:
         Tensor of the same shape, dtype, device and memory format as ``input``.
     """
-    return _OP.select(input)(input, groups)
+    return _OP.run(input, groups)
 
 
 # --- C++ ops (CPU and CUDA kernels): fake kernels and autograd -------------------------------------------

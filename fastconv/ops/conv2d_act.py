@@ -4,8 +4,8 @@ The eval form of conv-BN-act: fold the BN into the convolution (``fastconv.nn.fo
 ``conv2d_act``. Backends: CPU = ATen's convolution (oneDNN, bias inside it) + one vectorised activation pass;
 CUDA = a templated implicit-GEMM kernel (WMMA tensor cores for float16/bfloat16); Triton = an implicit GEMM
 with tl.dot. Depthwise configurations (groups == C_in, C_out a multiple of C_in) run on the CUDA and Triton
-backends through ``depthwise_conv2d``'s kernels and fused epilogue; on the CPU oneDNN's depthwise kernel is the
-faster one (benches/RESULTS.md), so the CPU backend keeps them.
+backends through ``depthwise_conv2d``'s kernels and fused epilogue, and on the CPU when the input is
+channels_last (its CPU kernel beats oneDNN's there; for NCHW oneDNN's is the faster one, benches/RESULTS.md).
 
 Autograd: the forward saves only what the requested gradients need (weight always; input for grad_weight or
 hardswish/silu; the output for relu/relu6). The backward is the activation derivative in one elementwise
@@ -32,8 +32,16 @@ from fastconv.ops.depthwise_conv2d import _activation_derivative
 
 _PairOrInt = Union[int, Sequence[int]]
 
-# Backends whose depthwise configurations run through depthwise_conv2d's kernels.
+# Backends whose depthwise configurations run through depthwise_conv2d's kernels: always on CUDA and Triton; on
+# the CPU for channels_last input, where its kernel beats oneDNN's on every MobileNetV2 layer at batch 1 (NCHW
+# stays with oneDNN, which is faster there: benches/RESULTS.md).
 _DEPTHWISE_ROUTED = ("cuda", "triton")
+
+
+def _routes_to_depthwise(backend, input, weight, groups):
+    if not _is_depthwise(input, weight, groups):
+        return False
+    return backend in _DEPTHWISE_ROUTED or (backend == "cpu" and _memory_format(input) == torch.channels_last)
 
 
 def conv2d_act(
@@ -62,10 +70,10 @@ def conv2d_act(
     """
     stride, padding, dilation, groups = resolve_conv2d_act_args(weight, stride, padding, dilation, groups)
     backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
-    if backend in _DEPTHWISE_ROUTED and _is_depthwise(input, weight, groups):
+    if _routes_to_depthwise(backend, input, weight, groups):
         check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
-        return _DEPTHWISE_OP.implementations[backend](input, weight, bias, stride, padding, dilation, activation)
-    return _OP.implementations[backend](input, weight, bias, stride, padding, dilation, groups, activation)
+        return _DEPTHWISE_OP.run_backend(backend, input, weight, bias, stride, padding, dilation, activation)
+    return _OP.run_backend(backend, input, weight, bias, stride, padding, dilation, groups, activation)
 
 
 def _is_depthwise(input, weight, groups):

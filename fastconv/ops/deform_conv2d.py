@@ -66,7 +66,7 @@ def deform_conv2d(
         input, offset, weight = input.to(dtype), offset.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
         mask = mask.to(dtype) if mask is not None else None
-    return _OP.select(input)(input, offset, weight, bias, stride, padding, dilation, mask)
+    return _OP.run(input, offset, weight, bias, stride, padding, dilation, mask)
 
 
 def _layout(tensor):

@@ -46,7 +46,7 @@ def depthwise_conv2d(
         ``(N, C * m, H_out, W_out)`` in the input's memory format (channels_last stays channels_last).
     """
     stride, padding, dilation = resolve_depthwise_conv2d_args(weight, stride, padding, dilation)
-    return _OP.select(input)(input, weight, bias, stride, padding, dilation, activation)
+    return _OP.run(input, weight, bias, stride, padding, dilation, activation)
 
 
 def _memory_format(tensor):

@@ -20,7 +20,7 @@ def shuffle_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         (``a.stride(1) == 1``, more than one channel and more than one pixel: dense channels_last tensors and
         channel slices of them), otherwise contiguous (NCHW).
     """
-    return _OP.select(a)(a, b)
+    return _OP.run(a, b)
 
 
 def shuffle_cat_memory_format(like):

@@ -36,7 +36,7 @@ def squeeze_excite(
     Returns:
         Tensor of the same shape, dtype, device and memory format as ``input``.
     """
-    return _OP.select(input)(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate)
+    return _OP.run(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate)
 
 
 def _squeeze_excite_fake(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu", gate="sigmoid"):
