@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from fastconv.models._layout import compute_in_channels_last
+
 _MODELS: Dict[str, Callable] = {}
 
 
@@ -73,12 +75,14 @@ def _timm_state_dict(timm_name: str, tag: str, kwargs) -> Dict[str, torch.Tensor
 
 
 def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, timm_name: Optional[str] = None,
-          **kwargs) -> torch.nn.Module:
+          channels_last: bool = True, **kwargs) -> torch.nn.Module:
     """Construct with `kwargs`, then load `weights` (None, a torchvision weights enum or name, a path, or, for
     a model with a `timm_name`, a timm pretrained tag).
 
     With torchvision or timm weights, `num_classes` is checked against the weights' categories, as
-    torchvision does.
+    torchvision does. With `channels_last` the model computes in channels_last on the CPU (see _layout.py); a
+    model with a dense output passes False and converts inside its forward, where it still sees its caller's
+    layout.
     """
     state_dict = None
     if weights is not None:
@@ -95,4 +99,4 @@ def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, tim
     model = model_fn(**kwargs)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
-    return model
+    return compute_in_channels_last(model) if channels_last else model

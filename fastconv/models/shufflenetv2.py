@@ -3,7 +3,8 @@ Design", ECCV 2018), with torchvision's module names and state_dict keys.
 
 Each unit splits its input in two channel halves (a free view), transforms one half, and joins the two with a
 channel shuffle of 2 groups. fastconv runs the join as one op (fastconv.ops.shuffle_cat), and the next
-unit's split stays a view.
+unit's split stays a view. The conv-BN(-ReLU) runs (stem, branches, conv5) are FusedSequential: BN folded
+into the convolution in eval, BN with its ReLU as one op in training.
 """
 from typing import List
 
@@ -13,6 +14,7 @@ from torch import nn
 from fastconv import ops
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable
+from fastconv.nn.sequential import FusedSequential
 
 __all__ = ["ShuffleNetV2", "shufflenet_v2", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
            "shufflenet_v2_x2_0"]
@@ -42,7 +44,7 @@ class InvertedResidual(Adoptable, nn.Module):
                 "If stride == 1 then inp should be equal to oup // 2 << 1."
             )
         if stride > 1:
-            self.branch1 = nn.Sequential(
+            self.branch1 = FusedSequential(
                 _depthwise(inp, stride),
                 nn.BatchNorm2d(inp),
                 nn.Conv2d(inp, branch_features, 1, bias=False),
@@ -51,7 +53,7 @@ class InvertedResidual(Adoptable, nn.Module):
             )
         else:
             self.branch1 = nn.Sequential()
-        self.branch2 = nn.Sequential(
+        self.branch2 = FusedSequential(
             nn.Conv2d(inp if stride > 1 else branch_features, branch_features, 1, bias=False),
             nn.BatchNorm2d(branch_features),
             nn.ReLU(inplace=True),
@@ -61,6 +63,13 @@ class InvertedResidual(Adoptable, nn.Module):
             nn.BatchNorm2d(branch_features),
             nn.ReLU(inplace=True),
         )
+
+    def _init_fast_state(self):
+        # fastconv.optimize adopts torchvision's unit: its branches are plain nn.Sequential (same keys).
+        for name in ("branch1", "branch2"):
+            branch = getattr(self, name)
+            if type(branch) is nn.Sequential and len(branch) > 0:
+                FusedSequential.adopt(branch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
@@ -79,7 +88,7 @@ class ShuffleNetV2(nn.Module):
             raise ValueError("expected stages_out_channels as list of 5 positive ints")
         self._stage_out_channels = stages_out_channels
         input_channels = stages_out_channels[0]
-        self.conv1 = nn.Sequential(
+        self.conv1 = FusedSequential(
             nn.Conv2d(3, input_channels, 3, 2, 1, bias=False),
             nn.BatchNorm2d(input_channels),
             nn.ReLU(inplace=True),
@@ -92,7 +101,7 @@ class ShuffleNetV2(nn.Module):
             setattr(self, name, nn.Sequential(*units))
             input_channels = output_channels
         output_channels = stages_out_channels[-1]
-        self.conv5 = nn.Sequential(
+        self.conv5 = FusedSequential(
             nn.Conv2d(input_channels, output_channels, 1, 1, 0, bias=False),
             nn.BatchNorm2d(output_channels),
             nn.ReLU(inplace=True),

@@ -213,6 +213,24 @@ def test_depthwise_configurations_route_to_depthwise_conv2d(backend, device, mon
     torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, 1, 4).relu(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout, routed", [("channels_last", True), ("contiguous", False)])
+def test_cpu_routes_channels_last_depthwise_to_depthwise_conv2d(layout, routed, monkeypatch):
+    """On the CPU only channels_last depthwise configurations take depthwise_conv2d's kernel (NCHW: oneDNN)."""
+    module = sys.modules["fastconv.ops.conv2d_act"]
+    calls = []
+    implementations = dict(module._DEPTHWISE_OP.implementations)
+    original = implementations["cpu"]
+    implementations["cpu"] = lambda *args: calls.append(args) or original(*args)
+    monkeypatch.setattr(module._DEPTHWISE_OP, "implementations", implementations)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x, w, b = torch.randn(1, 4, 6, 6).contiguous(memory_format=memory_format), torch.randn(4, 1, 3, 3), torch.randn(4)
+    with fastconv.backend("cpu"):
+        out = fastconv.ops.conv2d_act(x, w, b, 2, 1, 1, 4, "relu6")
+    assert len(calls) == int(routed)
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, F.conv2d(x, w, b, 2, 1, 1, 4).clamp(0, 6), rtol=1e-5, atol=1e-5)
+
+
 def test_saves_only_what_the_gradients_need():
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
     w = torch.randn(8, 4, 3, 3)
