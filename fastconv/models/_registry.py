@@ -75,14 +75,13 @@ def _timm_state_dict(timm_name: str, tag: str, kwargs) -> Dict[str, torch.Tensor
 
 
 def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, timm_name: Optional[str] = None,
-          channels_last: bool = True, **kwargs) -> torch.nn.Module:
+          channels_last: bool = False, **kwargs) -> torch.nn.Module:
     """Construct with `kwargs`, then load `weights` (None, a torchvision weights enum or name, a path, or, for
     a model with a `timm_name`, a timm pretrained tag).
 
     With torchvision or timm weights, `num_classes` is checked against the weights' categories, as
-    torchvision does. With `channels_last` the model computes in channels_last on the CPU (see _layout.py); a
-    model with a dense output passes False and converts inside its forward, where it still sees its caller's
-    layout.
+    torchvision does. With `channels_last` the model computes in channels_last in eval on the CPU (see
+    _layout.py: the depthwise/grouped nets where that was measured faster).
     """
     state_dict = None
     if weights is not None:

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights
 
-from fastconv.models._layout import in_layout_of
 from fastconv.models._registry import build, is_checkpoint_path, register_model
 from fastconv.models.resnet import ResNet, resnet50
 from fastconv.nn.sequential import FusedSequential
@@ -109,17 +108,14 @@ class DeepLabV3(nn.Module):
         self.aux_classifier = aux_classifier
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The backbone computes in channels_last on the CPU (its own pre-hook, see _layout.py); the maps come
-        back in `x`'s layout."""
         input_shape = x.shape[-2:]
         features = self.backbone(x)
         result = OrderedDict()
         out = self.classifier(features["out"])
-        result["out"] = in_layout_of(F.interpolate(out, size=input_shape, mode="bilinear", align_corners=False), x)
+        result["out"] = F.interpolate(out, size=input_shape, mode="bilinear", align_corners=False)
         if self.aux_classifier is not None:
             aux = self.aux_classifier(features["aux"])
-            result["aux"] = in_layout_of(F.interpolate(aux, size=input_shape, mode="bilinear", align_corners=False),
-                                         x)
+            result["aux"] = F.interpolate(aux, size=input_shape, mode="bilinear", align_corners=False)
         return result
 
 
@@ -150,5 +146,4 @@ def deeplabv3_resnet50(*, weights=None, progress: bool = True, num_classes: Opti
         backbone = ResNetBackbone.from_resnet(backbone, return_layers)
         return DeepLabV3(backbone, DeepLabHead(2048, num_classes), FCNHead(1024, num_classes) if aux_loss else None)
 
-    return build(model_fn, weights, progress, channels_last=False,
-                 **({} if num_classes is None else {"num_classes": num_classes}))
+    return build(model_fn, weights, progress, **({} if num_classes is None else {"num_classes": num_classes}))

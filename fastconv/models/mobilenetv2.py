@@ -110,4 +110,4 @@ class MobileNetV2(nn.Module):
 
 @register_model
 def mobilenet_v2(*, weights=None, progress: bool = True, **kwargs) -> MobileNetV2:
-    return build(MobileNetV2, weights, progress, **kwargs)
+    return build(MobileNetV2, weights, progress, channels_last=True, **kwargs)

@@ -169,7 +169,8 @@ def _mobilenet_v3_conf(arch: str, width_mult: float = 1.0, reduced_tail: bool = 
 
 def _mobilenet_v3(arch: str, weights, progress: bool, **kwargs) -> MobileNetV3:
     setting, last_channel = _mobilenet_v3_conf(arch, **kwargs)
-    return build(lambda **kw: MobileNetV3(setting, last_channel, **kw), weights, progress, **kwargs)
+    return build(lambda **kw: MobileNetV3(setting, last_channel, **kw), weights, progress, channels_last=True,
+                 **kwargs)
 
 
 @register_model

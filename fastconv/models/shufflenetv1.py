@@ -97,7 +97,8 @@ class ShuffleNetV1(nn.Module):
 
 
 def _shufflenet_v1(width_mult, weights, progress, groups=3, **kwargs):
-    return build(lambda **kw: ShuffleNetV1(groups, width_mult, **kw), weights, progress, **kwargs)
+    return build(lambda **kw: ShuffleNetV1(groups, width_mult, **kw), weights, progress, channels_last=True,
+                 **kwargs)
 
 
 @register_model

@@ -126,7 +126,8 @@ _CHANNELS = {
 
 
 def _shufflenet_v2(width, weights, progress, **kwargs):
-    return build(lambda **kw: ShuffleNetV2(_REPEATS, _CHANNELS[width], **kw), weights, progress, **kwargs)
+    return build(lambda **kw: ShuffleNetV2(_REPEATS, _CHANNELS[width], **kw), weights, progress, channels_last=True,
+                 **kwargs)
 
 
 @register_model
