@@ -147,28 +147,29 @@ def report(runs, args, test_samples):
         anytime.add_row(str(index + 1), *cells)
     console.print(anytime)
 
-    early = Table(title="Early exit at a confidence threshold: accuracy (mean MACs)")
-    early.add_column("threshold", justify="right")
-    for name in by_model:
-        early.add_column(name, justify="right")
-    for row, threshold in enumerate(args.thresholds):
-        early.add_row(f"{threshold:g}", *(
-            f"{summary([r['early_exit'][row]['accuracy'] for r in results])} % "
-            f"({statistics.fmean(r['early_exit'][row]['mean_multiply_adds'] for r in results) / 1e6:.2f} M)"
-            for results in by_model.values()))
-    console.print(early)
+    console.print(_operating_points(
+        "Early exit at a confidence threshold: accuracy (mean MACs)", "threshold", args.thresholds, "early_exit",
+        by_model))
+    console.print(_operating_points(
+        "Budgeted batch: thresholds fitted on the validation split, share ~ r^k leaving at exit k; test accuracy "
+        "(mean MACs)", "ratio r", args.ratios, "budgeted_batch", by_model))
 
-    budgeted = Table(title="Budgeted batch: thresholds fitted on the validation split, share ~ r^k leaving at exit "
-                           "k; test accuracy (mean MACs)")
-    budgeted.add_column("ratio r", justify="right")
+
+def _operating_points(title, label, settings, key, by_model):
+    """A table with one row per setting (threshold or budget ratio) and, per model, the test accuracy over the
+    seeds and the mean multiply-adds per image at that setting (results[key][row])."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(label, justify="right")
     for name in by_model:
-        budgeted.add_column(name, justify="right")
-    for row, ratio in enumerate(args.ratios):
-        budgeted.add_row(f"{ratio:g}", *(
-            f"{summary([r['budgeted_batch'][row]['accuracy'] for r in results])} % "
-            f"({statistics.fmean(r['budgeted_batch'][row]['mean_multiply_adds'] for r in results) / 1e6:.2f} M)"
+        table.add_column(name, justify="right")
+    for row, setting in enumerate(settings):
+        table.add_row(f"{setting:g}", *(
+            f"{summary([r[key][row]['accuracy'] for r in results])} % "
+            f"({statistics.fmean(r[key][row]['mean_multiply_adds'] for r in results) / 1e6:.2f} M)"
             for results in by_model.values()))
-    console.print(budgeted)
+    return table
 
 
 def main(argv=None):
