@@ -87,7 +87,7 @@ class FusedSequential(Adoptable, nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self._modules.values())
-        if not torch.compiler.is_compiling() and tuple(id(layer) for layer in layers) != self._planned:
+        if not torch.compiler.is_compiling() and tuple(map(id, layers)) != self._planned:
             self._replan()  # layers were appended, inserted or replaced since the last plan
         for start, end, kind, activation in self._steps:
             if kind == "conv_bn":

@@ -12,7 +12,8 @@ from fastconv import _backend
 
 def _is_mutating(op) -> bool:
     """Whether a custom op (torch.ops packet or torch.library.custom_op) writes one of its arguments."""
-    overload = getattr(op, "default", None) or getattr(op, "_opoverload", None)
+    overload = op if isinstance(op, torch._ops.OpOverload) else (getattr(op, "default", None)
+                                                                  or getattr(op, "_opoverload", None))
     schema = getattr(overload, "_schema", None)
     return schema is None or schema.is_mutable
 
@@ -36,7 +37,10 @@ class OpEntry:
         if "reference" not in implementations:
             raise ValueError(f"fastconv: {name} must register its 'reference' implementation")
         self.name = name
-        self.implementations = implementations
+        # A torch.ops packet runs its default overload: calling that directly skips the packet's own Python
+        # __call__ (every op here has the one overload).
+        self.implementations = {b: getattr(impl, "default", impl) if isinstance(impl, torch._ops.OpOverloadPacket)
+                                else impl for b, impl in implementations.items()}
         self.backends = tuple(b for b in _backend.BACKENDS[1:] if b in implementations)
         # Custom ops (not the plain-ATen reference) that write no argument take _call's fast path.
         self._fast_path = {b: b != "reference" and not _is_mutating(impl) for b, impl in implementations.items()}

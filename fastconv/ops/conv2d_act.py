@@ -69,6 +69,13 @@ def conv2d_act(
         ``(N, C_out, H_out, W_out)`` in the input's memory format (channels_last stays channels_last).
     """
     stride, padding, dilation, groups = resolve_conv2d_act_args(weight, stride, padding, dilation, groups)
+    return conv2d_act_resolved(input, weight, bias, stride, padding, dilation, groups, activation)
+
+
+def conv2d_act_resolved(input, weight, bias, stride, padding, dilation, groups, activation):
+    """conv2d_act with its arguments already in the kernels' form (resolve_conv2d_act_args: stride and dilation
+    pairs, padding (top, bottom, left, right)). Modules that call it on every forward resolve once (see
+    fastconv.nn.conv_norm_act.FoldedConvBN.prepared); every argument is still checked by the kernel."""
     backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
     if _routes_to_depthwise(backend, input, weight, groups):
         check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
@@ -83,6 +90,10 @@ def _is_depthwise(input, weight, groups):
 
 def _memory_format(tensor):
     """The layout the kernels write (csrc/conv2d_act.h: conv2d_act_memory_format)."""
+    # The strides flags are cached on the tensor: a dense channels_last tensor that is not also NCHW-dense is
+    # unambiguous, and skips suggest_memory_format's stride walk (a few microseconds, on every call).
+    if tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous():
+        return torch.channels_last
     return torch.channels_last if suggest_memory_format(tensor) == torch.channels_last else torch.contiguous_format
 
 

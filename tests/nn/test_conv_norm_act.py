@@ -80,6 +80,9 @@ def test_folded_cache_follows_parameter_changes():
         for model in (ours, reference):
             model[0].weight.add_(0.5)  # an optimizer-like in-place update
         torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+        for model in (ours, reference):
+            model[0].padding = (0, 0)  # the geometry the cached call resolved
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
         ours.double(), reference.double()
         torch.testing.assert_close(ours(x.double()), reference(x.double()))
 
