@@ -1,36 +1,37 @@
 // depthwise_conv2d on CUDA, forward and backward, NCHW and channels_last, float accumulation.
 //
-// Forward: three kernels; forward_impl -> launch_fast_forward picks one (the rules are spelled out there).
+// Forward: three kernels; launch_fast_forward spells out which configuration goes where.
 //  - channels_last_kernel (channels_last, depth multiplier 1). A thread owns kVec consecutive channels (one
-//    16- or 8-byte load when the channel count and the pointers allow it, else one element) of kOutW = 4
+//    16- or 8-byte load when the channel count and both pointers allow it, else one element) of kVecOutW = 4
 //    consecutive output columns of one output row. Compile-time shapes stream each input row's columns
 //    through registers once: for 3x3 stride 1, 6 vector loads feed the 4 outputs' 12 row taps (a thread per
-//    output would issue 12). A block is `lanes` channel vectors x `rows` column groups and stages its
-//    channels' weights and bias in shared memory as float, tap-major, so one tap's kVec weights are one read.
+//    output would issue 12). A block is `lanes` channel vectors x `rows` column groups, grid-strided over the
+//    (image, row, column group) items; it stages its channels' weights and bias in shared memory as float,
+//    tap-major, so a tap's kVec weights are one vector read. Large kernels get fewer lanes per block so the
+//    staged weights stay within 48 KiB (31x31 in fp16: one 8-channel lane).
 //  - plane_tile_kernel (NCHW, any multiplier). A block computes one output tile of each of blockDim.z planes
 //    (several small planes per block, so 7x7 and 14x14 planes do not leave most threads idle); a thread
-//    computes kOutH = 2 rows x kOutW (4, or 8 for runtime shapes) columns. The input tile plus its halo is
-//    staged once in shared memory as float, zero-filled outside the input (the taps need no bounds checks),
-//    one warp per tile row so the global loads coalesce. Compile-time shapes keep the weights in registers
-//    and stream each staged input row through registers once for every output it feeds.
-//  - The same templates with K = S = 0 are the runtime-shape instances: weights staged in shared memory,
-//    tap loops at runtime; at stride 1 dilation 1 a register window slides along the row (one input read
-//    per tap and output row instead of kOutW). For NCHW this is the large-kernel path (7x7 up to RepLKNet's
-//    31x31): a 64x32 output tile, whose 31x31 input tile plus halo (62x94) and 961 weights take 27 KiB;
-//    shared memory beyond 48 KiB (huge dilations) is opted into, and past the device limit the generic
-//    kernel runs instead.
-//  - forward_kernel, the generic fallback: one thread per output element, every tap read from global memory,
-//    64-bit offsets when needed. It runs whatever the tiled kernels do not cover: float64, channels_last with
-//    a multiplier > 1, a plane/image or grid too large for their 32-bit offsets, shared memory that would not
-//    fit.
+//    computes kOutH = 2 rows x tile_out_w(K) (4, or 8 for runtime shapes) columns. The input tile plus its
+//    halo is staged once in shared memory as float, zero-filled outside the input (the taps need no bounds
+//    checks), one warp per tile row so the global loads coalesce. Compile-time shapes keep the weights in
+//    registers and stream each staged input row through registers once for every output it feeds.
+//  - Both kernels' K = S = 0 instances handle runtime shapes: weights in shared memory, tap loops at runtime;
+//    at stride 1 dilation 1 a register window slides along the row (one input read per tap and output row
+//    instead of one per output). The NCHW one is the large-kernel path (7x7 up to RepLKNet's 31x31): a 64x32
+//    output tile, whose 31x31 input tile plus halo (62x94 floats) and 961 weights take 27 KiB; a tile past
+//    48 KiB (large dilations) opts into more, and past the device's limit the generic kernel runs instead.
+//  - forward_kernel, the generic fallback: one thread per output element, every tap read from global memory.
+//    It runs what the tiled kernels do not cover: float64, channels_last with a multiplier > 1, coordinates
+//    or per-image/per-plane offsets past 32 bits (the tiled kernels use 32-bit offsets from a 64-bit image or
+//    plane base, so large batches stay tiled), shared memory past the device's limit.
 // Compile-time shapes: 3x3 and 5x5 kernels with dilation 1 and stride 1 or 2 (the same along H and W) are
 // template parameters of the two tiled kernels (fully unrolled tap and column loops); every other shape is
-// their runtime instance. The tiled kernels sum the taps in the generic kernel's order (bias, then row by row,
-// left to right), so every path rounds alike.
+// their runtime instance. All paths add the bias first, then the taps row by row, left to right.
 // Backward: grad_preact = grad_output * activation'(...) once (float); grad_input is the transposed
 // depthwise conv in gather form (each thread owns one input element: no atomics); grad_weight/grad_bias are
 // one block per (channel, tap) reducing over all pixels with a fixed-order tree: deterministic. The generic
-// kernels' indices are 32-bit when every offset fits, 64-bit otherwise (chosen at launch).
+// kernels' indices are 32-bit when every offset fits, 64-bit otherwise (chosen at launch). The hardswish/silu
+// backward recomputes the pre-activation with the forward kernels writing float (accumulate_output).
 #include "depthwise_conv2d.h"
 
 #include <fastconv/cuda_launch.h>
@@ -128,13 +129,14 @@ constexpr int kStaticSharedBytes = 48 * 1024;  // usable without opting in
 // 8 for runtime shapes, whose sliding window needs only one read per tap however wide it is.
 constexpr int tile_out_w(int kernel) { return kernel > 0 ? 4 : 8; }
 
-// kCount float values (accumulators, converted inputs, weights); 8- or 16-byte aligned so a Pack in shared
-// memory is read with vector loads.
+// kCount float values (accumulators, converted inputs, weights), aligned to their size up to 16 bytes so a
+// Pack in shared memory is read with vector loads.
 template <int kCount>
 struct alignas(kCount * 4 >= 16 ? 16 : kCount * 4) Pack {
   float v[kCount];
 };
 
+// The unsigned type of kBytes bytes: what one load or store instruction moves.
 template <int kBytes>
 struct WordOf;
 template <>
@@ -263,7 +265,7 @@ __device__ __forceinline__ void accumulate_dynamic(float (&acc)[OH][OW][kVec], c
   }
 }
 
-// DepthwiseGeometry in 32-bit ints (the planners check that it fits).
+// DepthwiseGeometry in 32-bit ints (conv_shape checks that it fits).
 struct ConvShape {
   int batch, channels, multiplier, out_channels;
   int in_h, in_w, out_h, out_w;
@@ -419,7 +421,9 @@ plane_tile_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ 
   [[maybe_unused]] float static_weights[kStatic ? K * K : 1];
   if constexpr (kStatic) {
 #pragma unroll
-    for (int tap = 0; tap < K * K; ++tap) static_weights[tap] = active ? static_cast<float>(weight[o * taps + tap]) : 0.f;
+    for (int tap = 0; tap < K * K; ++tap) {
+      static_weights[tap] = active ? static_cast<float>(weight[o * taps + tap]) : 0.f;
+    }
   } else {
     for (int idx = thread; idx < static_cast<int>(blockDim.z) * taps; idx += threads) {
       const int z = idx / taps;
@@ -791,7 +795,7 @@ bool launch_plane_tiles(const at::Tensor& in, const at::Tensor& w, const scalar_
     constexpr int K = decltype(kernel_tag)::value;
     constexpr int S = decltype(stride_tag)::value;
     const auto kernel = plane_tile_kernel<scalar_t, out_t, K, S>;
-    if (plan->shared_bytes > kStaticSharedBytes) {  // large kernels with big dilations: opt in (per device)
+    if (plan->shared_bytes > kStaticSharedBytes) {  // large dilations: opt in (a per-device kernel attribute)
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan->shared_bytes));
     }
     kernel<<<plan->grid, plan->block, plan->shared_bytes, stream>>>(in_ptr, w_ptr, bias, out_ptr, plan->params, act);
@@ -800,12 +804,19 @@ bool launch_plane_tiles(const at::Tensor& in, const at::Tensor& w, const scalar_
   return true;
 }
 
-// Runs the tiled kernel that covers this call and returns true, or returns false for the generic kernel:
-//   channels_last, multiplier 1        -> channels_last_kernel, vector width from C and the pointers
-//   NCHW, any multiplier               -> plane_tile_kernel; 3x3/5x5 s1/s2 unrolled, else the runtime
-//                                         instance (the large-kernel path)
-//   float64 (gradcheck's dtype), channels_last with multiplier > 1, a coordinate, plane or image past 32
-//   bits, shared memory past the device's limit -> false
+// The forward's dispatch: runs the tiled kernel that covers the call and returns true, or returns false and
+// the caller runs the generic forward_kernel.
+//   float64 (the CPU/gradcheck dtype; not worth instances)             -> false
+//   a coordinate or the weight past 2^30 (conv_shape)                  -> false
+//   channels_last, multiplier 1                                        -> channels_last_kernel<kVec, K, S>
+//       kVec: 16 bytes of channels, else 8, when C and both pointers allow it, else one element; false when
+//       an image has 2^31 elements or more, the items reach 2^31, or C / kVec needs > 65535 channel blocks
+//   channels_last, multiplier > 1                                      -> false
+//   NCHW, any multiplier                                               -> plane_tile_kernel<K, S>
+//       false when a plane has 2^31 elements or more, the planes or blocks reach 2^31, or one tile's shared
+//       memory is past the device's opt-in limit (a huge dilation)
+//   K, S for both: 3x3 or 5x5, dilation 1, stride 1 or 2 on both axes -> unrolled; anything else -> 0, 0
+//       (runtime instance: >= 7x7 up to 31x31, 1xk and even kernels, dilation, strides 3-4 or unequal)
 template <typename scalar_t, typename out_t>
 bool launch_fast_forward(const at::Tensor& in, const at::Tensor& w, const scalar_t* bias, const at::Tensor& out,
                          const DepthwiseGeometry& g, Activation act, bool channels_last, cudaStream_t stream) {
