@@ -53,6 +53,26 @@ def cases():
                ops.depthwise_conv2d(dw_in, dw_w, dw_b, stride, dilation * (kernel // 2), dilation, "relu6")
                .float().sum().backward())
 
+    # Multiplier 1, one case per forward path of csrc/cuda/depthwise_conv2d.cu (the cases above, m = 2, run the
+    # NCHW tiles and, in channels_last, the generic kernel): channels_last vectors of 16 bytes, 8 bytes and one
+    # element, unrolled and runtime shapes; NCHW tiles with partial edges, the runtime (large-kernel) instance
+    # with and without its sliding window, and a dilation whose tile needs more than 48 KiB of shared memory.
+    # silu/hardswish recompute the float pre-activation in the backward: the float-output instances.
+    for dtype, channels_last, channels, kernel, stride, dilation, activation in (
+        (torch.float16, True, 16, 3, 1, 1, "relu6"), (torch.float32, True, 6, 5, 2, 1, "silu"),
+        (torch.bfloat16, True, 5, 3, 2, 1, None), (torch.float32, True, 8, 31, 1, 1, "hardswish"),
+        (torch.float16, True, 12, 3, 1, 2, "silu"), (torch.float32, False, 3, 3, 2, 1, "silu"),
+        (torch.float16, False, 4, 7, 1, 1, None), (torch.bfloat16, False, 2, 3, 3, 2, "hardswish"),
+        (torch.float32, False, 2, 3, 1, 40, None),
+    ):
+        dw_in = _leaf(2, channels, 37, 70, dtype=dtype, channels_last=channels_last)
+        dw_w, dw_b = _leaf(channels, 1, kernel, kernel, dtype=dtype), _leaf(channels, dtype=dtype)
+        yield (f"depthwise_conv2d m1 {dtype} C{channels} {kernel}x{kernel} s{stride} d{dilation} {activation} "
+               f"channels_last={channels_last}",
+               lambda dw_in=dw_in, dw_w=dw_w, dw_b=dw_b, stride=stride, dilation=dilation, kernel=kernel,
+               activation=activation: ops.depthwise_conv2d(dw_in, dw_w, dw_b, stride, dilation * (kernel // 2),
+                                                           dilation, activation).float().sum().backward())
+
     for dtype, channels_last, kernel, stride, groups, activation in (
         (torch.float32, False, 3, 1, 1, "relu"), (torch.float16, True, 1, 1, 1, "relu6"),
         (torch.bfloat16, True, 3, 2, 2, "hardswish"), (torch.float32, True, 5, 1, 4, None),

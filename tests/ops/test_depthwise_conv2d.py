@@ -5,6 +5,7 @@ import torch.nn.functional as F
 import fastconv
 from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 from fastconv.ops._checks import resolve_depthwise_conv2d_args
+from tolerances import tolerance
 
 
 def _activate(x, activation):
@@ -91,6 +92,87 @@ def test_forward(backend, device, sample, dtype, layout):
 @pytest.mark.parametrize("backend, device, sample", ALL_CASES)
 def test_backward(backend, device, sample, dtype, layout):
     harness.check_backward(sample, backend, device, dtype, layout)
+
+
+# Shapes that reach every path of the CUDA forward (csrc/cuda/depthwise_conv2d.cu; GPU only, the CPU kernels
+# have SAMPLES): channels_last vectors of 16 bytes (fp32 C % 4 == 0, fp16/bf16 C % 8 == 0), of 8 bytes (C % 2,
+# C % 4) and of one element; NCHW tiles with partial right/bottom edges and several small planes per block;
+# the unrolled 3x3/5x5 stride 1/2 instances; the runtime instance (large kernels, dilation, odd strides, 1xk)
+# with more than one tile each way and shared memory past 48 KiB; m > 1.
+CUDA_PATH_SAMPLES = [
+    dw(2, 16, 13, 11, 3, padding=1, activation="relu6", name="c16-3x3-s1"),  # 16-byte vectors in every dtype
+    dw(2, 12, 12, 13, 3, stride=2, padding=1, name="c12-3x3-s2"),  # fp32 16 bytes, fp16/bf16 8 bytes
+    dw(1, 24, 11, 14, 5, padding=2, activation="hardswish", name="c24-5x5-s1"),
+    dw(2, 40, 14, 13, 5, stride=2, padding=(2, 1), activation="silu", name="c40-5x5-s2"),
+    dw(1, 6, 37, 45, 3, padding=1, name="tiles-partial-3x3"),  # 2x2 NCHW tiles; fp32 8-byte, fp16 1-element
+    dw(1, 5, 35, 70, 3, stride=2, padding=(1, 0), name="tiles-partial-3x3-s2"),  # 5: one-element vectors
+    dw(3, 7, 7, 7, 3, padding=1, activation="relu", name="small-planes"),  # 21 planes, 16 per block
+    dw(1, 8, 40, 70, 7, padding=3, name="7x7-tiles"),  # runtime instance, sliding window, 2x2 tiles of 64x32
+    dw(1, 4, 33, 66, 31, padding=15, activation="relu", name="31x31-tiles"),
+    dw(2, 8, 15, 16, 13, stride=2, padding=6, name="13x13-s2"),
+    dw(1, 16, 20, 21, 3, padding=4, dilation=4, name="dilation4-c16"),
+    dw(1, 2, 30, 40, 3, padding=40, dilation=40, name="dilation40"),  # NCHW tile past 48 KiB: opted in
+    dw(2, 8, 9, 12, (1, 7), padding=(0, 3), activation="silu", name="1x7-c8"),
+    dw(1, 8, 13, 11, 3, stride=3, padding=1, name="stride3-c8"),
+    dw(2, 6, 11, 10, 3, m=2, stride=2, padding=1, activation="hardswish", name="m2-s2"),
+    dw(2, 4, 14, 14, 5, m=4, padding=2, name="m4-5x5"),
+    dw(1, 264, 5, 9, 3, padding=1, name="c264"),  # 66 fp32 vectors: 3 channel blocks of 22
+]
+CUDA_BACKENDS = [p for p in BACKENDS if p.values[0] == "cuda" and p.values[1] == "cuda"]
+# The backward's recomputed float pre-activation (hardswish/silu) runs the tiled kernels with float output.
+# Small planes only: grad_weight sums over every pixel, and float32 must stay within its 1e-5 tolerance.
+CUDA_BACKWARD_SAMPLES = [s for s in CUDA_PATH_SAMPLES if s.name in (
+    "c16-3x3-s1", "c24-5x5-s1", "c40-5x5-s2", "1x7-c8", "m2-s2")]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("backend, device, sample", _cases(CUDA_BACKENDS, CUDA_PATH_SAMPLES))
+def test_forward_cuda_paths(backend, device, sample, dtype, layout):
+    harness.check_forward(sample, backend, device, dtype, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("backend, device, sample", _cases(CUDA_BACKENDS, CUDA_BACKWARD_SAMPLES))
+def test_backward_cuda_paths(backend, device, sample, dtype, layout):
+    harness.check_backward(sample, backend, device, dtype, layout)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 4])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("backend, device", CUDA_BACKENDS)
+def test_cuda_channels_last_unaligned_storage(backend, device, dtype, offset):
+    """A dense channels_last input that starts `offset` elements into its storage: the CUDA kernel must pick a
+    vector narrower than 16 bytes for it (8 bytes for fp32 at 2 and fp16 at 4, one element at 1), not fault on
+    a misaligned load."""
+    n, c, h, w = 2, 16, 9, 10
+    storage = torch.randn(n * c * h * w + offset, device=device).to(dtype)
+    x = storage[offset:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.storage_offset() == offset
+    weight = torch.randn(c, 1, 3, 3, device=device).to(dtype)
+    bias = torch.randn(c, device=device).to(dtype)
+    with fastconv.backend(backend):
+        out = fastconv.ops.depthwise_conv2d(x, weight, bias, 1, 1, 1, "relu")
+    want = reference64(x.double(), weight.double(), bias.double(), 1, 1, 1, "relu")
+    rtol, atol = tolerance(dtype)
+    torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("backend, device", CUDA_BACKENDS)
+def test_cuda_channels_last_grid_stride_loop(backend, device, dtype):
+    """More column groups than the channels_last kernel's grid has threads (8 blocks per SM; on an H200's 132
+    SMs 8448 groups of 4 columns for 256 fp16 channels, 4224 for fp32), so its grid-stride loop turns: 16384
+    groups here. Made on the GPU inside the test: 17M elements."""
+    x = torch.randn(1, 256, 256, 256, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(256, 1, 3, 3, device=device) / 3).to(dtype)
+    with fastconv.backend(backend):
+        out = fastconv.ops.depthwise_conv2d(x, weight, None, 1, 1)
+    want = reference64(x.double(), weight.double(), None, 1, 1, 1, None)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    rtol, atol = tolerance(dtype)
+    torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
 
 
 # gradcheck/gradgradcheck perturb every element: tiny shapes, each activation, the odd geometries.
