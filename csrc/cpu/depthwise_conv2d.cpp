@@ -1,8 +1,15 @@
 // depthwise_conv2d on the CPU, forward and backward, NCHW and channels_last, float accumulation
 // (double for float64).
 //
-// NCHW: one task per (n, channel) plane; each output row accumulates tap by tap into a row buffer, the inner
-//   loop running along contiguous output pixels (vectorised by the compiler for stride 1).
+// NCHW, two paths (forward_kernel picks; the rule and its measurements are at nchw_channel_blocks):
+// - channel blocks (float/double with >= one vector of output channels; oneDNN's scheme, fused): one task per
+//   (n, block of vector-width output channels, band of output rows). The band's input rows are transposed
+//   (zero-padded) into a small channels-last buffer, the channels_last micro-kernels run on it without edge
+//   cases, and the results (bias + activation applied) are transposed back into the NCHW planes. The
+//   transposes work on whole registers over flattened pixels, so 7x7 and 14x14 planes waste no lanes.
+// - phase planes (half precision, or fewer channels than one vector): one task per (n, channel) plane and
+//   band; the band is copied into padded stride-phase planes and every tap is one offset into them, the
+//   vectors running along contiguous output pixels.
 // channels_last: one task per (n, row); each output pixel accumulates tap by tap over all channels with
 //   at::vec::Vectorized (depth multiplier 1; a plain loop otherwise).
 // The loops live in depthwise_conv2d_kernels.inc, compiled for baseline x86-64, AVX2 and AVX-512 and picked at
@@ -24,6 +31,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 #include <utility>

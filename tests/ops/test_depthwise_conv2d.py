@@ -191,6 +191,40 @@ def test_gradcheck(backend, device, sample, layout):
     harness.check_gradcheck(sample, backend, device, layout)
 
 
+# The CPU's NCHW channel-blocked path (csrc/cpu/depthwise_conv2d.cpp): several channel blocks and a tail block
+# (blocks of 8 float / 4 double lanes on AVX2, 16 / 8 on AVX-512, 4 / 2 on the baseline), planes tall enough for
+# several bands of rows, odd sizes with stride 2, narrow planes (a chunk of pixels spans rows), dilation, m > 1
+# (a block's lanes repeat input channels), asymmetric padding, every activation.
+BLOCKED = [
+    dw(1, 19, 31, 29, 3, stride=2, padding=1, activation="relu6", name="blocked-s2-odd"),
+    dw(2, 21, 70, 66, 3, padding=1, activation="hardswish", name="blocked-bands"),
+    dw(1, 37, 7, 7, 3, padding=1, activation="relu", name="blocked-7x7-plane"),
+    dw(1, 18, 15, 17, 3, padding=2, dilation=2, activation="silu", name="blocked-dilation"),
+    dw(1, 7, 11, 9, 3, m=3, stride=2, padding=1, activation="relu", name="blocked-m3"),
+    dw(2, 33, 9, 10, 5, padding=2, name="blocked-5x5"),
+    dw(1, 17, 13, 12, (1, 7), padding=(0, 3), bias=False, activation="hardswish", name="blocked-1x7"),
+    dw(1, 20, 12, 13, (4, 2), padding="same", activation="silu", name="blocked-same-asymmetric"),
+    dw(1, 9, 14, 15, 3, stride=3, padding=1, activation="relu6", name="blocked-stride3"),
+    dw(1, 16, 20, 20, 31, padding=15, name="blocked-31x31"),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("sample", BLOCKED, ids=[f"cpu-cpu-{s.name}" for s in BLOCKED])
+def test_forward_nchw_channel_blocks(sample, dtype):
+    harness.check_forward(sample, "cpu", "cpu", dtype, "contiguous")
+
+
+# The backward's hardswish/silu recompute the pre-activation with the forward kernel. Small planes: grad_weight
+# sums over every output pixel, and a float32 sum of thousands of terms drifts past float32's tolerance.
+BLOCKED_BACKWARD = [BLOCKED[i] for i in (0, 2, 3, 4, 6)]
+
+
+@pytest.mark.parametrize("sample", BLOCKED_BACKWARD, ids=[f"cpu-cpu-{s.name}" for s in BLOCKED_BACKWARD])
+def test_backward_nchw_channel_blocks(sample):
+    harness.check_backward(sample, "cpu", "cpu", torch.float32, "contiguous")
+
+
 @pytest.mark.parametrize("sample", GRADCHECK[:2], ids=[s.name for s in GRADCHECK[:2]])
 @pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
 def test_gradcheck_triton(backend, device, sample):
