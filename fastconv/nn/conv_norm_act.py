@@ -118,6 +118,9 @@ class FoldedConvBN:
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         if needs_grad or torch.compiler.is_compiling():
             return fold_bn_parameters(conv, bn)
+        return self._cached(conv, bn)
+
+    def _cached(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
         key = self._current_key(conv, bn)
         if key != self._key:
             with torch.no_grad():
@@ -130,13 +133,10 @@ class FoldedConvBN:
         """``(weight, bias, stride, padding, dilation, groups)`` for ``conv2d_act_resolved``: the folded
         parameters with the convolution's arguments resolved once. Only without grad mode and outside
         torch.compile (the caller checks), where the cached fold is always the one to use."""
-        key = self._current_key(conv, bn)
-        if key != self._key or self._prepared is None:
-            weight, bias = fold_bn_parameters(conv, bn)
-            self._value = weight, bias
+        weight, bias = self._cached(conv, bn)
+        if self._prepared is None:
             self._prepared = (weight, bias) + resolve_conv2d_act_args(weight, conv.stride, conv.padding,
                                                                       conv.dilation, conv.groups)
-            self._key = key
         return self._prepared
 
 
