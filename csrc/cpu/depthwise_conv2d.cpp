@@ -1,7 +1,11 @@
 // depthwise_conv2d on the CPU, forward and backward, NCHW and channels_last, float accumulation
 // (double for float64).
 //
-// NCHW, two paths (forward_kernel picks; the rule and its measurements are at nchw_channel_blocks):
+// NCHW, three paths (forward_kernel picks; the rules and their measurements are at nchw_rows and
+// nchw_channel_blocks):
+// - rows (AVX-512, stride_w 1, dilation_w 1, rows wider than a vector): one task per (n, channel) plane and band
+//   of output rows; the band's rows are copied into a zero-padded buffer and each output vector along a row
+//   takes every column tap as one unaligned load, four output rows at a time sharing their input loads.
 // - channel blocks (float/double with >= one vector of output channels; oneDNN's scheme, fused): one task per
 //   (n, block of vector-width output channels, band of output rows). The band's input rows are transposed
 //   (zero-padded) into a small channels-last buffer, the channels_last micro-kernels run on it without edge

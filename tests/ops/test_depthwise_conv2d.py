@@ -225,6 +225,40 @@ def test_backward_nchw_channel_blocks(sample):
     harness.check_backward(sample, "cpu", "cpu", torch.float32, "contiguous")
 
 
+# The CPU's NCHW row path (AVX-512 hosts; the channel-blocked path takes these shapes elsewhere): stride_w 1 and
+# dilation_w 1 with output rows wider than one vector. Whole and partial vectors per row (up to 4 per step, then
+# the rest), row counts that leave a remainder after the 4-row groups, several bands, the compile-time 3/5/7
+# kernels and a runtime (non-square) one, the one-row path (stride_h 2, dilation_h 2), m > 1, "valid" and
+# "same" with an even kernel, every activation.
+ROWS = [
+    dw(2, 5, 37, 41, 3, padding=1, activation="relu6", name="rows-3x3"),
+    dw(1, 3, 23, 70, 5, padding=2, activation="silu", name="rows-5x5"),
+    dw(1, 4, 19, 40, 7, padding=3, name="rows-7x7"),
+    dw(1, 3, 21, 37, (3, 5), padding=(1, 2), activation="hardswish", name="rows-3x5-runtime"),
+    dw(1, 4, 30, 35, 3, stride=(2, 1), padding=1, activation="relu", name="rows-stride-h2"),
+    dw(1, 3, 26, 34, 3, padding=(2, 1), dilation=(2, 1), name="rows-dilation-h2"),
+    dw(1, 3, 20, 33, 3, m=2, padding=1, activation="relu", name="rows-m2"),
+    dw(1, 2, 9, 150, 3, padding=(0, 1), bias=False, name="rows-wide-short"),
+    dw(1, 2, 300, 40, 3, padding=1, activation="hardswish", name="rows-tall-bands"),
+    dw(1, 3, 20, 40, 3, padding="valid", name="rows-valid"),
+    dw(1, 3, 17, 36, (2, 4), padding="same", activation="silu", name="rows-same-even"),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("sample", ROWS, ids=[f"cpu-cpu-{s.name}" for s in ROWS])
+def test_forward_nchw_rows(sample, dtype):
+    harness.check_forward(sample, "cpu", "cpu", dtype, "contiguous")
+
+
+ROWS_BACKWARD = [ROWS[i] for i in (0, 3, 4, 6)]
+
+
+@pytest.mark.parametrize("sample", ROWS_BACKWARD, ids=[f"cpu-cpu-{s.name}" for s in ROWS_BACKWARD])
+def test_backward_nchw_rows(sample):
+    harness.check_backward(sample, "cpu", "cpu", torch.float32, "contiguous")
+
+
 @pytest.mark.parametrize("sample", GRADCHECK[:2], ids=[s.name for s in GRADCHECK[:2]])
 @pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
 def test_gradcheck_triton(backend, device, sample):
