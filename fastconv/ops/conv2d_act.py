@@ -5,7 +5,8 @@ The eval form of conv-BN-act: fold the BN into the convolution (``fastconv.nn.fo
 CUDA = a templated implicit-GEMM kernel (WMMA tensor cores for float16/bfloat16); Triton = an implicit GEMM
 with tl.dot. Depthwise configurations (groups == C_in, C_out a multiple of C_in) run on the CUDA and Triton
 backends through ``depthwise_conv2d``'s kernels and fused epilogue, and on the CPU when the input is
-channels_last (its CPU kernel beats oneDNN's there; for NCHW oneDNN's is the faster one, benches/RESULTS.md).
+channels_last or the CPU kernels run their AVX-512 variant (where they beat oneDNN's; with AVX2, oneDNN's is the
+faster one in NCHW: benches/RESULTS.md).
 
 Autograd: the forward saves only what the requested gradients need (weight always; input for grad_weight or
 hardswish/silu; the output for relu/relu6). The backward is the activation derivative in one elementwise
@@ -14,6 +15,7 @@ pass, then ATen's convolution_backward. hardswish/silu need the pre-activation: 
 give the op a second, usually empty, output; the same trade as ``depthwise_conv2d``. Training conv-BN-act
 (``Conv2dNormActivation``) runs conv + ``batch_norm_act`` and never pays it.
 """
+import functools
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -33,15 +35,25 @@ from fastconv.ops.depthwise_conv2d import _activation_derivative
 _PairOrInt = Union[int, Sequence[int]]
 
 # Backends whose depthwise configurations run through depthwise_conv2d's kernels: always on CUDA and Triton; on
-# the CPU for channels_last input, where its kernel beats oneDNN's on every MobileNetV2 layer at batch 1 (NCHW
-# stays with oneDNN, which is faster there: benches/RESULTS.md).
+# the CPU for channels_last input, where its kernel beats oneDNN's on every MobileNetV2 layer at batch 1, and for
+# NCHW input where the CPU kernels run their AVX-512 variant (its row and channel-blocked paths: 1.1-1.9x oneDNN
+# on every MobileNetV2 layer; with AVX2, oneDNN stays faster on the two large stride-1 layers, so NCHW keeps
+# oneDNN there; benches/RESULTS.md).
 _DEPTHWISE_ROUTED = ("cuda", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_nchw_depthwise_routed() -> bool:
+    import fastconv
+
+    return fastconv.BUILD_INFO["binary"].get("cpu_isa") == "avx512"
 
 
 def _routes_to_depthwise(backend, input, weight, groups):
     if not _is_depthwise(input, weight, groups):
         return False
-    return backend in _DEPTHWISE_ROUTED or (backend == "cpu" and _memory_format(input) == torch.channels_last)
+    return backend in _DEPTHWISE_ROUTED or (backend == "cpu" and (
+        _cpu_nchw_depthwise_routed() or _memory_format(input) == torch.channels_last))
 
 
 def conv2d_act(

@@ -213,10 +213,13 @@ def test_depthwise_configurations_route_to_depthwise_conv2d(backend, device, mon
     torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, 1, 4).relu(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout, routed", [("channels_last", True), ("contiguous", False)])
-def test_cpu_routes_channels_last_depthwise_to_depthwise_conv2d(layout, routed, monkeypatch):
-    """On the CPU only channels_last depthwise configurations take depthwise_conv2d's kernel (NCHW: oneDNN)."""
+@pytest.mark.parametrize("layout, isa, routed", [("channels_last", "avx2", True), ("contiguous", "avx2", False),
+                                                 ("channels_last", "avx512", True), ("contiguous", "avx512", True)])
+def test_cpu_routes_depthwise_to_depthwise_conv2d(layout, isa, routed, monkeypatch):
+    """On the CPU, channels_last depthwise configurations take depthwise_conv2d's kernel, and NCHW ones when the CPU
+    kernels run their AVX-512 variant (with AVX2, NCHW runs oneDNN's)."""
     module = sys.modules["fastconv.ops.conv2d_act"]
+    monkeypatch.setattr(module, "_cpu_nchw_depthwise_routed", lambda: isa == "avx512")
     calls = []
     implementations = dict(module._DEPTHWISE_OP.implementations)
     original = implementations["cpu"]
