@@ -73,6 +73,11 @@ def cases():
                activation=activation: ops.depthwise_conv2d(dw_in, dw_w, dw_b, stride, dilation * (kernel // 2),
                                                            dilation, activation).float().sum().backward())
 
+    # Rows wider than a block of threads: the NCHW grad_weight kernel's pixel step wraps within one row.
+    wide_in, wide_w = _leaf(2, 3, 5, 300), _leaf(3, 1, 3, 3)
+    yield ("depthwise_conv2d NCHW 300-wide rows fwd+bwd",
+           lambda: fastconv.ops.depthwise_conv2d(wide_in, wide_w, None, 1, 1).sum().backward())
+
     for dtype, channels_last, kernel, stride, groups, activation in (
         (torch.float32, False, 3, 1, 1, "relu"), (torch.float16, True, 1, 1, 1, "relu6"),
         (torch.bfloat16, True, 3, 2, 2, "hardswish"), (torch.float32, True, 5, 1, 4, None),

@@ -27,12 +27,15 @@
 // Compile-time shapes: 3x3 and 5x5 kernels with dilation 1 and stride 1 or 2 (the same along H and W) are
 // template parameters of the two tiled kernels (fully unrolled tap and column loops); every other shape is
 // their runtime instance. All paths add the bias first, then the taps row by row, left to right.
-// Backward: grad_preact = grad_output * activation'(...) once (float); grad_input is the transposed
-// depthwise conv in gather form (each thread owns one input element: no atomics); grad_weight/grad_bias are
-// one block per (channel, tap) reducing over all pixels with a fixed-order tree: deterministic. The generic
-// kernels' indices are 32-bit when every offset fits, 64-bit otherwise (chosen at launch). The hardswish/silu
-// backward recomputes the pre-activation with the forward kernels writing float (accumulate_output).
+// Backward: grad_preact = grad_output * activation'(...) once (float). grad_input at stride 1 and multiplier 1
+// is a forward depthwise conv of grad_preact with the kernel turned by 180 degrees (the tiled kernels above),
+// otherwise the transposed depthwise conv in gather form (each thread owns one input element: no atomics).
+// grad_weight/grad_bias sum over chunks of output rows, then over the chunks in order: deterministic
+// (depthwise_conv2d_grad_weight.cuh). The generic kernels' indices are 32-bit when every offset fits, 64-bit
+// otherwise (chosen at launch). The hardswish/silu backward recomputes the pre-activation with the forward
+// kernels writing float (accumulate_output).
 #include "depthwise_conv2d.h"
+#include "depthwise_conv2d_grad_weight.cuh"
 
 #include <fastconv/cuda_launch.h>
 
@@ -526,57 +529,6 @@ __global__ void grad_input_kernel(const at::opmath_type<scalar_t>* __restrict__ 
   }
 }
 
-// One block per (output channel, tap); "tap" == taps means the bias. Each thread sums a fixed stripe of
-// pixels, then a fixed shared-memory tree combines the stripes: the same order on every run.
-template <typename scalar_t, typename index_t, bool kChannelsLast>
-__global__ void grad_weight_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_pre,
-                                   const scalar_t* __restrict__ in, scalar_t* __restrict__ grad_w,
-                                   scalar_t* __restrict__ grad_b, DepthwiseGeometry g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t partial[kThreads];
-  const index_t taps = g.kernel_h * g.kernel_w;
-  const index_t o = static_cast<index_t>(blockIdx.x) / (taps + 1);
-  const index_t tap = static_cast<index_t>(blockIdx.x) - o * (taps + 1);
-  const bool is_bias = tap == taps;
-  if ((is_bias && grad_b == nullptr) || (!is_bias && grad_w == nullptr)) return;  // uniform per block
-  const index_t i = is_bias ? 0 : tap / g.kernel_w;
-  const index_t j = is_bias ? 0 : tap - i * g.kernel_w;
-  const index_t out_h = g.out_h, out_w = g.out_w, in_h = g.in_h, in_w = g.in_w;
-  const index_t c = o / g.multiplier;
-  const DenseIndex<index_t, kChannelsLast> in_index{static_cast<index_t>(g.channels), in_h, in_w};
-  const DenseIndex<index_t, kChannelsLast> out_index{static_cast<index_t>(g.out_channels), out_h, out_w};
-  const index_t pixels = static_cast<index_t>(g.batch) * out_h * out_w;
-  acc_t sum = 0;
-  for (index_t p = threadIdx.x; p < pixels; p += blockDim.x) {
-    const index_t ow = p % out_w;
-    const index_t rest = p / out_w;
-    const index_t oh = rest % out_h;
-    const index_t n = rest / out_h;
-    const acc_t grad = grad_pre[out_index.offset(n, o, oh, ow)];
-    if (is_bias) {
-      sum += grad;
-      continue;
-    }
-    const index_t ih = oh * g.stride_h - g.pad_top + i * g.dilation_h;
-    const index_t iw = ow * g.stride_w - g.pad_left + j * g.dilation_w;
-    if (ih < 0 || ih >= in_h || iw < 0 || iw >= in_w) continue;
-    sum += grad * static_cast<acc_t>(in[in_index.offset(n, c, ih, iw)]);
-  }
-  partial[threadIdx.x] = sum;
-  __syncthreads();
-  for (int width = kThreads / 2; width > 0; width /= 2) {
-    if (static_cast<int>(threadIdx.x) < width) partial[threadIdx.x] += partial[threadIdx.x + width];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    if (is_bias) {
-      grad_b[o] = static_cast<scalar_t>(partial[0]);
-    } else {
-      grad_w[o * taps + tap] = static_cast<scalar_t>(partial[0]);
-    }
-  }
-}
-
 // ---- Host: launch planning and dispatch -------------------------------------------------------------------
 
 // Calls fn(std::integral_constant<int, kh>, std::integral_constant<int, kw>): 3x3 and 5x5 compile-time,
@@ -900,6 +852,81 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
                       parse_activation(activation, "depthwise_conv2d"));
 }
 
+// grad_input through the tiled forward kernels: at stride 1 with multiplier 1, grad_input[c] is grad_preact[c]
+// correlated with the kernel turned by 180 degrees, padded by (kernel - 1) * dilation - pad before each axis
+// (input row r gathers grad rows r + pad - i * dilation = r - pad' + (kernel - 1 - i) * dilation). The forward
+// kernels read the float grad_preact and write scalar_t. Returns false where this does not hold or no tiled
+// kernel applies (strides, multipliers, float64, a padding past the kernel's reach); the caller then runs the
+// gather kernel.
+template <typename scalar_t>
+bool launch_grad_input_as_forward(const at::Tensor& grad_pre, const at::Tensor& weight, const at::Tensor& grad_input,
+                                  const DepthwiseGeometry& g, bool channels_last, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    const int64_t pad_top = (g.kernel_h - 1) * g.dilation_h - g.pad_top;
+    const int64_t pad_left = (g.kernel_w - 1) * g.dilation_w - g.pad_left;
+    if (g.stride_h != 1 || g.stride_w != 1 || g.multiplier != 1 || pad_top < 0 || pad_left < 0) return false;
+    DepthwiseGeometry t = g;
+    t.in_h = g.out_h;
+    t.in_w = g.out_w;
+    t.out_h = g.in_h;
+    t.out_w = g.in_w;
+    t.pad_top = pad_top;
+    t.pad_left = pad_left;
+    const at::Tensor flipped = weight.flip({2, 3}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    return launch_fast_forward<acc_t, scalar_t>(grad_pre, flipped, nullptr, grad_input, t, Activation::kNone,
+                                                channels_last, stream);
+  }
+}
+
+// grad_weight / grad_bias (either may be undefined) from the float grad_preact and the input (undefined when
+// only grad_bias is asked for); see depthwise_conv2d_grad_weight.cuh.
+template <typename scalar_t>
+void launch_grad_weight(const at::Tensor& grad_pre, const at::Tensor& in, at::Tensor& grad_weight,
+                        at::Tensor& grad_bias, const DepthwiseGeometry& g, bool channels_last, bool int32,
+                        cudaStream_t stream) {
+  namespace gw = depthwise_grad_weight;
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool weight_taps = grad_weight.defined();
+  const acc_t* gp = grad_pre.const_data_ptr<acc_t>();
+  const scalar_t* in_ptr = weight_taps ? in.const_data_ptr<scalar_t>() : nullptr;
+  at::Tensor partial;
+  int64_t chunks = 0;
+  dispatch_kernel_size(g, [&](auto kh, auto kw) {
+    constexpr int KH = decltype(kh)::value;
+    constexpr int KW = decltype(kw)::value;
+    const gw::Plan plan = gw::make_plan(g, channels_last, KH > 0, weight_taps);
+    chunks = plan.chunks;
+    partial = at::empty({plan.chunks * (g.taps() + 1) * g.out_channels}, grad_pre.options());
+    acc_t* dst = partial.mutable_data_ptr<acc_t>();
+    const dim3 grid(static_cast<unsigned int>(plan.tiles), static_cast<unsigned int>(plan.chunks),
+                    static_cast<unsigned int>(std::min(plan.slices, gw::kMaxGridYZ)));
+    const auto launch = [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      if (channels_last) {
+        gw::partial_channels_last_kernel<scalar_t, acc_t, index_t, KH, KW><<<grid, gw::kBlock, 0, stream>>>(
+            gp, in_ptr, dst, g, plan.rows_per_chunk, plan.slices, weight_taps);
+      } else {
+        gw::partial_nchw_kernel<scalar_t, acc_t, index_t, KH, KW><<<grid, gw::kBlock, 0, stream>>>(
+            gp, in_ptr, dst, g, plan.rows_per_chunk, plan.slices, weight_taps);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (int32) {
+      launch(int32_t{});
+    } else {
+      launch(int64_t{});
+    }
+  });
+  const int64_t row = (g.taps() + 1) * g.out_channels;
+  gw::finish_kernel<scalar_t, acc_t><<<grid_stride_blocks(row, kThreads), kThreads, 0, stream>>>(
+      partial.const_data_ptr<acc_t>(), chunks, g, weight_taps ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr,
+      grad_bias.defined() ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
     const at::Tensor& grad_output, const std::optional<at::Tensor>& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& output, at::IntArrayRef input_size,
@@ -957,7 +984,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
         run(value.const_data_ptr<acc_t>());
       }
     }
-    if (grad_input.defined()) {
+    if (grad_input.defined() && !launch_grad_input_as_forward<scalar_t>(grad_pre, w, grad_input, g, channels_last,
+                                                                          stream)) {
       const unsigned int blocks = grid_stride_blocks(in_numel, kThreads);
       const bool int32 = use_int32(std::max(in_numel, out_numel), blocks);
       dispatch_kernel_size(g, [&](auto kh, auto kw) {
@@ -987,29 +1015,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
       });
     }
     if (grad_weight.defined() || grad_bias.defined()) {
-      const int64_t block_count = g.out_channels * (g.taps() + 1);
-      TORCH_CHECK(block_count <= std::numeric_limits<int32_t>::max(),
-                  "_depthwise_conv2d_backward: too many (channel, tap) pairs for one launch: ", block_count);
-      const bool int32 = fits_int32(std::max(in_numel, out_numel) + kThreads);
-      const acc_t* gp = grad_pre.const_data_ptr<acc_t>();
-      const scalar_t* in_ptr = in.defined() ? in.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* gw = grad_weight.defined() ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr;
-      scalar_t* gb = grad_bias.defined() ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
-      const auto blocks = static_cast<unsigned int>(block_count);
-      if (channels_last) {
-        if (int32) {
-          grad_weight_kernel<scalar_t, int32_t, true><<<blocks, kThreads, 0, stream>>>(gp, in_ptr, gw, gb, g);
-        } else {
-          grad_weight_kernel<scalar_t, int64_t, true><<<blocks, kThreads, 0, stream>>>(gp, in_ptr, gw, gb, g);
-        }
-      } else {
-        if (int32) {
-          grad_weight_kernel<scalar_t, int32_t, false><<<blocks, kThreads, 0, stream>>>(gp, in_ptr, gw, gb, g);
-        } else {
-          grad_weight_kernel<scalar_t, int64_t, false><<<blocks, kThreads, 0, stream>>>(gp, in_ptr, gw, gb, g);
-        }
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_grad_weight<scalar_t>(grad_pre, in, grad_weight, grad_bias, g, channels_last,
+                                   fits_int32(std::max(in_numel, out_numel)), stream);
     }
   });
   return {grad_input, grad_weight, grad_bias};

@@ -119,10 +119,26 @@ CUDA_PATH_SAMPLES = [
     dw(1, 264, 5, 9, 3, padding=1, name="c264"),  # 66 fp32 vectors: 3 channel blocks of 22
 ]
 CUDA_BACKENDS = [p for p in BACKENDS if p.values[0] == "cuda" and p.values[1] == "cuda"]
-# The backward's recomputed float pre-activation (hardswish/silu) runs the tiled kernels with float output.
+# The backward's recomputed float pre-activation (hardswish/silu) runs the tiled kernels with float output;
+# at stride 1 and multiplier 1 grad_input runs them too (float grad in, the dtype out), so the stride-1 samples
+# include channel counts for each channels_last vector width of float input (4, 2 and 1 floats: C = 16, 6, 5).
 # Small planes only: grad_weight sums over every pixel, and float32 must stay within its 1e-5 tolerance.
 CUDA_BACKWARD_SAMPLES = [s for s in CUDA_PATH_SAMPLES if s.name in (
-    "c16-3x3-s1", "c24-5x5-s1", "c40-5x5-s2", "1x7-c8", "m2-s2")]
+    "c16-3x3-s1", "c24-5x5-s1", "c40-5x5-s2", "1x7-c8", "m2-s2")] + [
+    dw(2, 6, 9, 10, 3, padding=1, activation="relu", name="c6-3x3-s1"),
+    dw(1, 5, 8, 11, 7, padding=3, name="c5-7x7-s1"),
+    dw(2, 5, 9, 8, 3, padding=3, name="c5-pad-past-reach"),  # pad > (k - 1) * dilation: the gather kernel
+]
+# float64 on the GPU (the tiled forward does not take it; the backward's reductions do): larger shapes whose
+# grad_weight is split into many row chunks, channels_last channel tiles with a partial last one, a runtime
+# kernel wider than one block of row taps (11 > 8), rows wider than a block of threads, and a multiplier.
+CUDA_GRAD_WEIGHT_SAMPLES = [
+    dw(3, 40, 30, 29, 3, padding=1, name="c40-3x3-chunks"),
+    dw(2, 36, 23, 20, 5, stride=2, padding=2, activation="relu6", name="c36-5x5-s2"),
+    dw(2, 6, 17, 19, 11, padding=5, activation="relu", name="c6-11x11"),
+    dw(1, 3, 5, 300, 3, padding=1, name="wide-rows"),
+    dw(2, 4, 12, 11, 3, m=3, padding=(1, 2), dilation=(1, 2), name="m3-dilated"),
+]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -137,6 +153,26 @@ def test_forward_cuda_paths(backend, device, sample, dtype, layout):
 @pytest.mark.parametrize("backend, device, sample", _cases(CUDA_BACKENDS, CUDA_BACKWARD_SAMPLES))
 def test_backward_cuda_paths(backend, device, sample, dtype, layout):
     harness.check_backward(sample, backend, device, dtype, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device, sample", _cases(CUDA_BACKENDS, CUDA_GRAD_WEIGHT_SAMPLES))
+def test_backward_cuda_float64(backend, device, sample, layout):
+    harness.check_backward(sample, backend, device, torch.float64, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device", CUDA_BACKENDS)
+def test_cuda_weight_grad_is_deterministic(backend, device, layout):
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(8, 48, 28, 28, device=device).contiguous(memory_format=memory_format)
+    w = torch.randn(48, 1, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(48, device=device, requires_grad=True)
+    grad_out = torch.randn(8, 48, 28, 28, device=device).contiguous(memory_format=memory_format)
+    with fastconv.backend(backend):
+        runs = [torch.autograd.grad(fastconv.ops.depthwise_conv2d(x, w, b, 1, 1), [w, b], grad_out)
+                for _ in range(2)]
+    assert all(torch.equal(first, second) for first, second in zip(*runs))
 
 
 @pytest.mark.parametrize("offset", [1, 2, 4])
