@@ -487,14 +487,17 @@ __global__ void preactivation_grad_kernel(const scalar_t* __restrict__ grad, con
   }
 }
 
-template <typename scalar_t, typename index_t, bool kChannelsLast, int kKernelH, int kKernelW>
+// kStride > 0: the stride on both axes at compile time (the tap tests below become bit operations for 2).
+template <typename scalar_t, typename index_t, bool kChannelsLast, int kKernelH, int kKernelW, int kStride>
 __global__ void grad_input_kernel(const at::opmath_type<scalar_t>* __restrict__ grad_pre,
                                   const scalar_t* __restrict__ weight, scalar_t* __restrict__ grad_in,
                                   DepthwiseGeometry g, index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t kernel_h = kKernelH > 0 ? kKernelH : static_cast<index_t>(g.kernel_h);
   const index_t kernel_w = kKernelW > 0 ? kKernelW : static_cast<index_t>(g.kernel_w);
-  const index_t out_h = g.out_h, out_w = g.out_w, stride_h = g.stride_h, stride_w = g.stride_w;
+  const index_t out_h = g.out_h, out_w = g.out_w;
+  const index_t stride_h = kStride > 0 ? kStride : static_cast<index_t>(g.stride_h);
+  const index_t stride_w = kStride > 0 ? kStride : static_cast<index_t>(g.stride_w);
   const index_t pad_top = g.pad_top, pad_left = g.pad_left, dilation_h = g.dilation_h, dilation_w = g.dilation_w;
   const index_t multiplier = g.multiplier;
   const DenseIndex<index_t, kChannelsLast> in_index{static_cast<index_t>(g.channels), static_cast<index_t>(g.in_h),
@@ -988,30 +991,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
                                                                           stream)) {
       const unsigned int blocks = grid_stride_blocks(in_numel, kThreads);
       const bool int32 = use_int32(std::max(in_numel, out_numel), blocks);
+      const acc_t* gp = grad_pre.const_data_ptr<acc_t>();
+      const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
+      scalar_t* dst = grad_input.mutable_data_ptr<scalar_t>();
       dispatch_kernel_size(g, [&](auto kh, auto kw) {
         constexpr int KH = decltype(kh)::value;
         constexpr int KW = decltype(kw)::value;
-        const acc_t* gp = grad_pre.const_data_ptr<acc_t>();
-        const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
-        scalar_t* dst = grad_input.mutable_data_ptr<scalar_t>();
-        if (channels_last) {
-          if (int32) {
-            grad_input_kernel<scalar_t, int32_t, true, KH, KW><<<blocks, kThreads, 0, stream>>>(
-                gp, w_ptr, dst, g, static_cast<int32_t>(in_numel));
-          } else {
-            grad_input_kernel<scalar_t, int64_t, true, KH, KW><<<blocks, kThreads, 0, stream>>>(gp, w_ptr, dst, g,
-                                                                                                in_numel);
+        const auto launch = [&](auto index_tag, auto layout_tag, auto stride_tag) {
+          using index_t = decltype(index_tag);
+          grad_input_kernel<scalar_t, index_t, decltype(layout_tag)::value, KH, KW, decltype(stride_tag)::value>
+              <<<blocks, kThreads, 0, stream>>>(gp, w_ptr, dst, g, static_cast<index_t>(in_numel));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        };
+        const auto with_stride = [&](auto index_tag, auto layout_tag) {
+          if constexpr (KH > 0) {  // MobileNet's and ShuffleNet's stride-2 layers
+            if (g.stride_h == 2 && g.stride_w == 2) {
+              launch(index_tag, layout_tag, std::integral_constant<int, 2>{});
+              return;
+            }
           }
+          launch(index_tag, layout_tag, std::integral_constant<int, 0>{});
+        };
+        const auto with_layout = [&](auto index_tag) {
+          if (channels_last) {
+            with_stride(index_tag, std::true_type{});
+          } else {
+            with_stride(index_tag, std::false_type{});
+          }
+        };
+        if (int32) {
+          with_layout(int32_t{});
         } else {
-          if (int32) {
-            grad_input_kernel<scalar_t, int32_t, false, KH, KW><<<blocks, kThreads, 0, stream>>>(
-                gp, w_ptr, dst, g, static_cast<int32_t>(in_numel));
-          } else {
-            grad_input_kernel<scalar_t, int64_t, false, KH, KW><<<blocks, kThreads, 0, stream>>>(gp, w_ptr, dst, g,
-                                                                                                 in_numel);
-          }
+          with_layout(int64_t{});
         }
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
     if (grad_weight.defined() || grad_bias.defined()) {
