@@ -312,6 +312,20 @@ def test_gradcheck_triton(backend, device, sample):
     assert torch.autograd.gradcheck(fn, tuple(args[i] for i in sample.grad), fast_mode=True)
 
 
+# More output pixels than one Triton tile (1024 under the interpreter, 64 on a GPU): the weight gradient is
+# summed in several chunks, then over the chunks. float64, so a wrong or missing chunk cannot hide in rounding.
+TRITON_CHUNKED_SAMPLES = [
+    dw(2, 3, 40, 40, 3, padding=1, activation="relu", name="chunked-3x3"),
+    dw(1, 2, 34, 33, 5, m=2, padding=2, name="chunked-5x5-m2"),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend, device, sample", _cases(TRITON_BACKENDS, TRITON_CHUNKED_SAMPLES))
+def test_backward_triton_weight_grad_chunks(backend, device, sample, layout):
+    harness.check_backward(sample, backend, device, torch.float64, layout)
+
+
 def _resolved(sample, device, layout, dtype=torch.float32):
     input, weight, bias, stride, padding, dilation, activation = sample.materialize(device, dtype, layout, True)
     stride, padding, dilation = resolve_depthwise_conv2d_args(weight, stride, padding, dilation)
