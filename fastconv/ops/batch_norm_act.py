@@ -38,8 +38,8 @@ def batch_norm_act(
             ``1 / num_batches_tracked`` here, as does :class:`fastconv.nn.BatchNorm2d`.
         eps: must be positive.
 
-    Gradients flow to input, weight and bias (training and eval formulas differ, as in aten). Double
-    backward is not implemented.
+    Gradients flow to input, weight and bias (training and eval formulas differ, as in aten); the double
+    backward runs through differentiable ATen ops (see _backward_grad).
     """
     return _OP.run(
         input, weight, bias, running_mean, running_var, training, momentum, eps, activation
@@ -93,6 +93,65 @@ def _make_backward(backward_op):
     return backward
 
 
+def _setup_backward(ctx, inputs, output):
+    del output  # the gradients; the double backward rebuilds them from the inputs
+    grad_output, input, weight, bias, save_mean, save_invstd, training, activation = inputs
+    ctx.save_for_backward(grad_output, input, weight, bias, save_mean, save_invstd)
+    ctx.training = training
+    ctx.activation = activation
+
+
+def _differentiable_preactivation(x, weight, bias, save_mean, save_invstd, training):
+    """The normalised, scaled and shifted input (before the activation) as differentiable ATen ops, in the
+    statistics' dtype (float32 for half inputs, as the kernels compute). Training: the batch mean and variance
+    are functions of x. The forward's eps is not an argument of the backward op; it is recovered from the
+    saved 1/sqrt(var + eps), so var + eps equals the forward's to rounding and every derivative of it is
+    exact (eps is a constant)."""
+    compute = save_invstd.dtype
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    xc = x.to(compute)
+    if training:
+        dims = [0] + list(range(2, x.dim()))
+        mean = xc.mean(dims, keepdim=True)
+        var = (xc - mean).square().mean(dims)
+        eps = save_invstd.reciprocal().square() - var.detach()
+        invstd = (var + eps).rsqrt().view(shape)
+    else:
+        mean, invstd = save_mean.view(shape), save_invstd.view(shape)
+    y = (xc - mean) * invstd
+    if weight is not None:
+        y = y * weight.to(compute).view(shape)
+    if bias is not None:
+        y = y + bias.to(compute).view(shape)
+    return y
+
+
+def _backward_grad(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
+    """Double backward, through the plain-ATen composition: rebuild the first-order gradients with
+    differentiable ATen ops and differentiate them. Rarely used (gradgradcheck, gradient penalties,
+    Hessian-vector products), so clarity wins over speed here."""
+    grad_output, input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
+    with torch.enable_grad():
+        go = grad_output.detach().requires_grad_(True)
+        x = input.detach().requires_grad_(True)
+        params = [p.detach().requires_grad_(True) if p is not None else None for p in (weight, bias)]
+        preact = _differentiable_preactivation(x, *params, save_mean, save_invstd, ctx.training)
+        out = _reference.ACTIVATION_FUNCTIONS[ctx.activation](preact)
+        sources = [x] + [p for p in params if p is not None]
+        firsts = torch.autograd.grad(out, sources, go.to(out.dtype), create_graph=True)
+        grad_grads = [grad_grad_input] + [gg for p, gg in zip(params, (grad_grad_weight, grad_grad_bias))
+                                          if p is not None]
+        pairs = [(first, gg) for first, gg in zip(firsts, grad_grads) if gg is not None]
+        if not pairs:
+            return (None,) * 8
+        result = torch.autograd.grad([first for first, _ in pairs], [go] + sources,
+                                     [gg.to(first.dtype) for first, gg in pairs], allow_unused=True)
+    d_grad_output, d_input, *d_params = result
+    d_weight = d_params.pop(0) if params[0] is not None else None
+    d_bias = d_params.pop(0) if params[1] is not None else None
+    return (d_grad_output, d_input, d_weight, d_bias) + (None,) * 4
+
+
 # --- C++ ops (CPU and CUDA kernels): fake kernels and autograd -------------------------------------------
 torch.library.register_fake("fastconv::batch_norm_act")(_forward_fake)
 torch.library.register_fake("fastconv::_batch_norm_act_backward")(_backward_fake)
@@ -126,6 +185,7 @@ def _register_autograd_of_mutating_op(qualname, backward, setup_context):
 _AUTOGRAD_LIBRARY = _register_autograd_of_mutating_op(
     "fastconv::batch_norm_act", _make_backward(torch.ops.fastconv._batch_norm_act_backward), _setup_context
 )
+torch.library.register_autograd("fastconv::_batch_norm_act_backward", _backward_grad, setup_context=_setup_backward)
 
 
 def _batch_norm_act_cpp(input, weight, bias, running_mean, running_var, training, momentum, eps, activation):
@@ -183,6 +243,7 @@ batch_norm_act_backward_triton.register_fake(_backward_fake)
 _TRITON_AUTOGRAD_LIBRARY = _register_autograd_of_mutating_op(
     "fastconv::batch_norm_act_triton", _make_backward(batch_norm_act_backward_triton), _setup_context
 )
+batch_norm_act_backward_triton.register_autograd(_backward_grad, setup_context=_setup_backward)
 
 
 def _batch_norm_act_triton(input, weight, bias, running_mean, running_var, training, momentum, eps, activation):
