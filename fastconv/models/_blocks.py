@@ -35,7 +35,7 @@ def transform_input_to_inception_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_with_auxiliary_heads(model_fn, weights, progress: bool, auxiliary_heads, aux_logits_default: bool,
-                               **kwargs):
+                               channels_last_from_batch=None, **kwargs):
     """torchvision's builder rules for GoogLeNet and Inception-v3. With torchvision weights: the input
     transform defaults on, the auxiliary heads are built (the checkpoints hold them) and dropped after loading
     unless `aux_logits` was asked for. Without weights, or with a local checkpoint, kwargs are used as given."""
@@ -44,7 +44,7 @@ def build_with_auxiliary_heads(model_fn, weights, progress: bool, auxiliary_head
     if pretrained:
         kwargs.setdefault("transform_input", True)
         kwargs.update(aux_logits=True, init_weights=False)
-    model = build(model_fn, weights, progress, **kwargs)
+    model = build(model_fn, weights, progress, channels_last_from_batch=channels_last_from_batch, **kwargs)
     if pretrained and not wants_aux_logits:
         model.aux_logits = False
         for name in auxiliary_heads:

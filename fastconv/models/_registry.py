@@ -75,13 +75,13 @@ def _timm_state_dict(timm_name: str, tag: str, kwargs) -> Dict[str, torch.Tensor
 
 
 def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, timm_name: Optional[str] = None,
-          channels_last: bool = False, **kwargs) -> torch.nn.Module:
+          channels_last_from_batch: Optional[int] = None, **kwargs) -> torch.nn.Module:
     """Construct with `kwargs`, then load `weights` (None, a torchvision weights enum or name, a path, or, for
     a model with a `timm_name`, a timm pretrained tag).
 
     With torchvision or timm weights, `num_classes` is checked against the weights' categories, as
-    torchvision does. With `channels_last` the model computes in channels_last in eval on the CPU (see
-    _layout.py: the depthwise/grouped nets where that was measured faster).
+    torchvision does. With `channels_last_from_batch` (_layout.ALWAYS or FROM_BATCH_4) the model computes in
+    channels_last in eval on the CPU from that batch size on (see _layout.py: measured per network).
     """
     state_dict = None
     if weights is not None:
@@ -98,4 +98,6 @@ def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, tim
     model = model_fn(**kwargs)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
-    return compute_in_channels_last(model) if channels_last else model
+    if channels_last_from_batch is None:
+        return model
+    return compute_in_channels_last(model, channels_last_from_batch)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn.batchnorm import batch_norm_module
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
@@ -157,7 +158,7 @@ class DenseNet(Adoptable, nn.Module):
 
 def _densenet(growth_rate, block_config, num_init_features, weights, progress, **kwargs) -> DenseNet:
     return build(lambda **kw: DenseNet(growth_rate, block_config, num_init_features, **kw), weights, progress,
-                 **kwargs)
+                 channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.googlenet import GoogLeNetOutputs
 
 from fastconv.models._blocks import BasicConv2d, build_with_auxiliary_heads, transform_input_to_inception_range
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import register_model
 
 __all__ = ["GoogLeNet", "GoogLeNetOutputs", "googlenet"]
@@ -131,4 +132,5 @@ class GoogLeNet(nn.Module):
 
 @register_model
 def googlenet(*, weights=None, progress: bool = True, **kwargs) -> GoogLeNet:
-    return build_with_auxiliary_heads(GoogLeNet, weights, progress, ("aux1", "aux2"), False, **kwargs)
+    return build_with_auxiliary_heads(GoogLeNet, weights, progress, ("aux1", "aux2"), False,
+                                      channels_last_from_batch=ALWAYS, **kwargs)

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.inception import InceptionOutputs
 
 from fastconv.models._blocks import BasicConv2d, build_with_auxiliary_heads, transform_input_to_inception_range
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import register_model
 
 __all__ = ["Inception3", "InceptionOutputs", "inception_v3"]
@@ -219,4 +220,5 @@ class Inception3(nn.Module):
 
 @register_model
 def inception_v3(*, weights=None, progress: bool = True, **kwargs) -> Inception3:
-    return build_with_auxiliary_heads(Inception3, weights, progress, ("AuxLogits",), True, **kwargs)
+    return build_with_auxiliary_heads(Inception3, weights, progress, ("AuxLogits",), True,
+                                      channels_last_from_batch=ALWAYS, **kwargs)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fastconv.models._layers import ConvBnAct, ParallelBranches, classifier, classifier_head
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 
 __all__ = ["InceptionResnetV2", "inception_resnet_v2"]
@@ -177,4 +178,5 @@ class InceptionResnetV2(nn.Module):
 def inception_resnet_v2(*, weights=None, progress: bool = True, **kwargs) -> InceptionResnetV2:
     """Inception-ResNet-v2 for 299x299 inputs. ``weights``: a local checkpoint path, or a timm pretrained tag of
     ``inception_resnet_v2`` ("tf_in1k", "tf_ens_adv_in1k"), fetched through timm."""
-    return build(InceptionResnetV2, weights, progress, timm_name="inception_resnet_v2", **kwargs)
+    return build(InceptionResnetV2, weights, progress, timm_name="inception_resnet_v2",
+                 channels_last_from_batch=ALWAYS, **kwargs)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastconv.models._layers import ConvBnAct, ParallelBranches, classifier, classifier_head
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 
 __all__ = ["InceptionV4", "inception_v4"]
@@ -186,4 +187,5 @@ class InceptionV4(nn.Module):
 def inception_v4(*, weights=None, progress: bool = True, **kwargs) -> InceptionV4:
     """Inception-v4 for 299x299 inputs. ``weights``: a local checkpoint path, or a timm pretrained tag of
     ``inception_v4`` ("tf_in1k"), fetched through timm."""
-    return build(InceptionV4, weights, progress, timm_name="inception_v4", **kwargs)
+    return build(InceptionV4, weights, progress, timm_name="inception_v4", channels_last_from_batch=ALWAYS,
+                 **kwargs)

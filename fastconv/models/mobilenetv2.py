@@ -10,6 +10,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn import Conv2dNormActivation
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
@@ -110,4 +111,4 @@ class MobileNetV2(nn.Module):
 
 @register_model
 def mobilenet_v2(*, weights=None, progress: bool = True, **kwargs) -> MobileNetV2:
-    return build(MobileNetV2, weights, progress, channels_last=True, **kwargs)
+    return build(MobileNetV2, weights, progress, channels_last_from_batch=ALWAYS, **kwargs)

@@ -12,6 +12,7 @@ from typing import Any, Callable, List, Optional
 import torch
 from torch import nn
 
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.models.mobilenetv2 import _make_divisible
 from fastconv.nn import Conv2d, Conv2dNormActivation, SqueezeExcitation
@@ -169,8 +170,8 @@ def _mobilenet_v3_conf(arch: str, width_mult: float = 1.0, reduced_tail: bool = 
 
 def _mobilenet_v3(arch: str, weights, progress: bool, **kwargs) -> MobileNetV3:
     setting, last_channel = _mobilenet_v3_conf(arch, **kwargs)
-    return build(lambda **kw: MobileNetV3(setting, last_channel, **kw), weights, progress, channels_last=True,
-                 **kwargs)
+    return build(lambda **kw: MobileNetV3(setting, last_channel, **kw), weights, progress,
+                 channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

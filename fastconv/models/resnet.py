@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from fastconv.models._layout import FROM_BATCH_4
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
 
@@ -157,7 +158,8 @@ class ResNet(Adoptable, nn.Module):
 
 
 def _resnet(block, layers, weights, progress, **kwargs):
-    return build(lambda **kw: ResNet(block, layers, **kw), weights, progress, **kwargs)
+    return build(lambda **kw: ResNet(block, layers, **kw), weights, progress,
+                 channels_last_from_batch=FROM_BATCH_4, **kwargs)
 
 
 @register_model

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn import ChannelShuffle, Conv2dNormActivation
 
@@ -97,8 +98,8 @@ class ShuffleNetV1(nn.Module):
 
 
 def _shufflenet_v1(width_mult, weights, progress, groups=3, **kwargs):
-    return build(lambda **kw: ShuffleNetV1(groups, width_mult, **kw), weights, progress, channels_last=True,
-                 **kwargs)
+    return build(lambda **kw: ShuffleNetV1(groups, width_mult, **kw), weights, progress,
+                 channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

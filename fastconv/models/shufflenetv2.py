@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fastconv import ops
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable
 from fastconv.nn.sequential import FusedSequential
@@ -126,8 +127,8 @@ _CHANNELS = {
 
 
 def _shufflenet_v2(width, weights, progress, **kwargs):
-    return build(lambda **kw: ShuffleNetV2(_REPEATS, _CHANNELS[width], **kw), weights, progress, channels_last=True,
-                 **kwargs)
+    return build(lambda **kw: ShuffleNetV2(_REPEATS, _CHANNELS[width], **kw), weights, progress,
+                 channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

@@ -10,6 +10,7 @@ from typing import List, Union
 import torch
 from torch import nn
 
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable
 from fastconv.nn.sequential import FusedSequential
@@ -82,7 +83,8 @@ def make_layers(cfg: List[Union[str, int]], batch_norm: bool = False) -> FusedSe
 def _vgg(config: str, batch_norm: bool, weights, progress: bool, **kwargs) -> VGG:
     if weights is not None:
         kwargs.setdefault("init_weights", False)  # as torchvision: the weights overwrite it anyway
-    return build(lambda **kw: VGG(make_layers(CONFIGS[config], batch_norm), **kw), weights, progress, **kwargs)
+    return build(lambda **kw: VGG(make_layers(CONFIGS[config], batch_norm), **kw), weights, progress,
+                 channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastconv.models._layers import classifier, classifier_head, conv_bn_act, init_like_timm_cnn
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn import Conv2d
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN
@@ -144,4 +145,5 @@ class Xception(Adoptable, nn.Module):
 def legacy_xception(*, weights=None, progress: bool = True, **kwargs) -> Xception:
     """Xception for 299x299 inputs (any size >= 71 px runs). ``weights``: a local checkpoint path, or a timm
     pretrained tag of ``legacy_xception`` ("tf_in1k"), fetched through timm."""
-    return build(Xception, weights, progress, timm_name="legacy_xception", **kwargs)
+    return build(Xception, weights, progress, timm_name="legacy_xception", channels_last_from_batch=ALWAYS,
+                 **kwargs)
