@@ -27,13 +27,13 @@
 // Compile-time shapes: 3x3 and 5x5 kernels with dilation 1 and stride 1 or 2 (the same along H and W) are
 // template parameters of the two tiled kernels (fully unrolled tap and column loops); every other shape is
 // their runtime instance. All paths add the bias first, then the taps row by row, left to right.
-// Backward: grad_preact = grad_output * activation'(...) once (float). grad_input at stride 1 and multiplier 1
-// is a forward depthwise conv of grad_preact with the kernel turned by 180 degrees (the tiled kernels above),
-// otherwise the transposed depthwise conv in gather form (each thread owns one input element: no atomics).
-// grad_weight/grad_bias sum over chunks of output rows, then over the chunks in order: deterministic
-// (depthwise_conv2d_grad_weight.cuh). The generic kernels' indices are 32-bit when every offset fits, 64-bit
-// otherwise (chosen at launch). The hardswish/silu backward recomputes the pre-activation with the forward
-// kernels writing float (accumulate_output).
+// Backward: grad_preact = grad_output * activation'(...) once (float; grad_output itself when float32 has no
+// activation). grad_input at stride 1 and multiplier 1 is a forward depthwise conv of grad_preact with the
+// kernel turned by 180 degrees (the tiled kernels above), otherwise the transposed depthwise conv in gather
+// form (each thread owns one input element: no atomics). grad_weight/grad_bias sum over chunks of output
+// rows, then over the chunks in order: deterministic (depthwise_conv2d_grad_weight.cuh). The generic kernels'
+// indices are 32-bit when every offset fits, 64-bit otherwise (chosen at launch). The hardswish/silu backward
+// recomputes the pre-activation with the forward kernels writing float (accumulate_output).
 #include "depthwise_conv2d.h"
 #include "depthwise_conv2d_grad_weight.cuh"
 
@@ -964,9 +964,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   const int64_t in_numel = g.batch * g.channels * g.in_h * g.in_w;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "depthwise_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor grad_pre = at::empty(grad.sizes(), grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value)
-                                                      .memory_format(format));
-    {
+    // No activation in float32/float64: grad_output (dense in `format`) is grad_preact already; no pass.
+    const bool grad_is_preact = act == Activation::kNone && std::is_same_v<scalar_t, acc_t>;
+    at::Tensor grad_pre = grad;
+    if (!grad_is_preact) {
+      grad_pre = at::empty(grad.sizes(),
+                           grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value).memory_format(format));
       const unsigned int blocks = grid_stride_blocks(out_numel, kThreads);
       const auto run = [&](auto* value_ptr) {
         if (use_int32(out_numel, blocks)) {

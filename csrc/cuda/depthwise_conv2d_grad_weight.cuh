@@ -48,18 +48,19 @@ struct Plan {
   int64_t rows_per_chunk, chunks, slices, tiles;
 };
 
-// Shape-only (so the summation order never depends on the device): about kPixelsPerThread pixels per thread,
-// cut finer while there are fewer than kTargetBlocks blocks, coarser where the grid or workspace would be too
-// large.
+// Shape-only (so the summation order never depends on the device): about kPixelsPerThread pixels per thread
+// (channels_last: whole rows per warp, so a multiple of kGroups rows), cut finer while there are fewer than
+// kTargetBlocks blocks (channels_last: not below one row per warp), coarser where the grid or the workspace
+// would be too large.
 inline Plan make_plan(const DepthwiseGeometry& g, bool channels_last, bool compile_time_taps, bool weight_taps) {
   Plan p;
   p.tiles = channels_last ? (g.out_channels + kLanes - 1) / kLanes : g.out_channels;
   p.slices = (compile_time_taps || !weight_taps) ? 1 : g.kernel_h * runtime_col_blocks(g.kernel_w);
   const int64_t rows_total = g.batch * g.out_h;
-  const int64_t threads_per_row_walk = channels_last ? kGroups : kBlock;  // threads sharing one chunk's pixels
-  const int64_t by_pixels = std::max<int64_t>(1, (kPixelsPerThread * threads_per_row_walk + g.out_w - 1) / g.out_w);
-  const int64_t by_blocks = std::max<int64_t>(1, rows_total * p.tiles * std::min(p.slices, kMaxGridYZ) / kTargetBlocks);
-  int64_t rows = std::min(by_pixels, by_blocks);
+  const int64_t by_pixels = channels_last ? kGroups * ((kPixelsPerThread + g.out_w - 1) / g.out_w)
+                                          : (kPixelsPerThread * kBlock + g.out_w - 1) / g.out_w;
+  const int64_t by_blocks = rows_total * p.tiles * std::min(p.slices, kMaxGridYZ) / kTargetBlocks;
+  int64_t rows = std::max(std::min(by_pixels, by_blocks), channels_last ? int64_t{kGroups} : int64_t{1});
   rows = std::max(rows, (rows_total + kMaxGridYZ - 1) / kMaxGridYZ);
   const int64_t partial_rows = (g.taps() + 1) * g.out_channels;
   rows = std::max(rows, (rows_total * partial_rows + kMaxPartials - 1) / kMaxPartials);
