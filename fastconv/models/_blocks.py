@@ -52,3 +52,13 @@ def build_with_auxiliary_heads(model_fn, weights, progress: bool, auxiliary_head
     elif pretrained:
         warnings.warn("auxiliary heads in the pretrained model are NOT pretrained, so make sure to train them")
     return model
+
+
+def residual_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """relu(out + identity), the end of a residual block. On the CPU without autograd (eval, inference) it is
+    one pass in place on `out`, which must be a fresh result the block owns: ATen's fused _add_relu_ (the
+    form torchvision's `out += identity; relu(out)` takes in two). That kernel has no derivative and no CUDA
+    implementation, so elsewhere it is the two-op form."""
+    if out.device.type != "cpu" or out.requires_grad or identity.requires_grad:
+        return torch.relu_(out + identity)
+    return torch.ops.aten._add_relu_(out, identity)

@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from fastconv.models._blocks import residual_relu
 from fastconv.models._layout import FROM_BATCH_4
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
@@ -39,7 +40,7 @@ class _Residual(Adoptable, nn.Module):
         for (conv, bn, activation), fold in zip(self._stages(), self._folds):
             out = conv_bn_act(out, conv, bn, activation, fold)
         identity = x if self.downsample is None else conv_bn_act(x, *self.downsample, None, self._folds[-1])
-        return torch.relu_(out + identity)
+        return residual_relu(out, identity)
 
 
 class BasicBlock(_Residual):

@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from fastconv.models._blocks import residual_relu
 from fastconv.models._layers import classifier, classifier_head, conv_bn_act, init_like_timm_cnn
 from fastconv.models._layout import FROM_BATCH_4
 from fastconv.models._registry import build, register_model
@@ -40,7 +41,7 @@ class SEBottleneckBase(Adoptable, nn.Module):
         out = conv_bn_act(out, self.conv2, self.bn2, "relu", self._folds[1])
         out = conv_bn_act(out, self.conv3, self.bn3, None, self._folds[2])
         shortcut = x if self.downsample is None else conv_bn_act(x, *self.downsample, None, self._folds[3])
-        return torch.relu_(self.se_module(out) + shortcut)
+        return residual_relu(self.se_module(out), shortcut)
 
 
 class SEResNetBottleneck(SEBottleneckBase):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastconv.models._blocks import residual_relu
 from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn import ChannelShuffle, Conv2dNormActivation
@@ -67,7 +68,7 @@ class ShuffleNetV1Unit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.expand(self.depthwise(self.shuffle(self.compress(x))))
         if self.stride == 1:
-            return torch.relu_(out + x)
+            return residual_relu(out, x)
         return torch.cat([F.avg_pool2d(x, 3, 2, 1), out], 1)
 
 
