@@ -60,6 +60,23 @@ def _timm_swaps():
     }
 
 
+def _channels_last_from_batch(model):
+    """The batch from which the zoo's version of `model`'s network computes in channels_last on the CPU in eval
+    (fastconv/models/_layout.py), or None: the torchvision (and timm) classifiers, by their top-level class."""
+    import torchvision.models as tvm
+
+    from fastconv.models._layout import ALWAYS, FROM_BATCH_4
+
+    from_batch = {tvm.MobileNetV2: ALWAYS, tvm.MobileNetV3: ALWAYS, tvm.ShuffleNetV2: ALWAYS, tvm.GoogLeNet: ALWAYS,
+                  tvm.Inception3: ALWAYS, tvm.DenseNet: ALWAYS, tvm.VGG: ALWAYS, tvm.ResNet: FROM_BATCH_4,
+                  tvm.AlexNet: FROM_BATCH_4}
+    if sys.modules.get("timm") is not None:
+        import timm.models.senet as timm_senet
+
+        from_batch[timm_senet.SENet] = FROM_BATCH_4
+    return from_batch.get(type(model))
+
+
 def _adopt(module, target):
     if hasattr(target, "adopt"):
         return target.adopt(module)
@@ -73,10 +90,18 @@ def optimize(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
 
     Works on models users have already built or trained (the parameters are kept, not re-initialised).
     With ``inplace=False`` (default) the model is deep-copied first. Returns the model and, as
-    ``model.fastconv_swapped``, how many modules of each class were swapped.
+    ``model.fastconv_swapped``, how many modules of each class were swapped. A torchvision (or timm SENet)
+    classifier also computes in channels_last in eval on the CPU from the batch size where the zoo's does
+    (fastconv/models/_layout.py); its outputs are the same (N, classes) logits.
     """
     if not inplace:
         model = copy.deepcopy(model)
+    from_batch = _channels_last_from_batch(model)
+    if from_batch is not None and not getattr(model, "fastconv_channels_last_from_batch", None):
+        from fastconv.models._layout import compute_in_channels_last
+
+        compute_in_channels_last(model, from_batch)
+        model.fastconv_channels_last_from_batch = from_batch
     swaps = _swaps()
     swapped = {}
     for module in list(model.modules()):

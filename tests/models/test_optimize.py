@@ -74,3 +74,21 @@ def test_optimize_timm_legacy_seresnet50():
     with torch.no_grad():
         rtol, atol = TOLERANCES[torch.float64]
         torch.testing.assert_close(optimized(x), reference(x), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name, from_batch", [("resnet18", 4), ("googlenet", 1), ("mobilenet_v2", 1)])
+def test_optimize_computes_in_channels_last_like_the_zoo(name, from_batch):
+    """The optimized torchvision classifier converts its input in eval on the CPU from the batch where the zoo's
+    model does (fastconv/models/_layout.py); training keeps the caller's layout."""
+    model = fastconv.optimize(torchvision.models.get_model(name, num_classes=10))
+    assert model.fastconv_channels_last_from_batch == from_batch
+    seen = []
+    model.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+        model.eval()(torch.randn(4, 3, 64, 64))
+        model.train()(torch.randn(4, 3, 64, 64))
+    assert seen == [from_batch == 1, True, False]
+    again = fastconv.optimize(model, inplace=True)
+    assert len(again._forward_pre_hooks) == 2, "a second optimize installs no second conversion"
