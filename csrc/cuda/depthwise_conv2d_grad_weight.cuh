@@ -124,6 +124,35 @@ __device__ __forceinline__ TapSlice tap_slice(int64_t slice, const DepthwiseGeom
   }
 }
 
+// One thread's sums over its pixels: grad * input for each accumulated tap, and grad for the bias.
+template <typename acc_t, int kAcc>
+struct Sums {
+  acc_t tap[kAcc];
+  acc_t bias;
+};
+
+// The output rows [begin, end) of stage-1 block blockIdx.y: rows are (image, row) pairs, image-major.
+template <typename index_t>
+struct RowRange {
+  index_t begin, end;
+};
+template <typename index_t>
+__device__ __forceinline__ RowRange<index_t> chunk_rows(const DepthwiseGeometry& g, int64_t rows_per_chunk) {
+  const index_t rows_total = static_cast<index_t>(g.batch) * static_cast<index_t>(g.out_h);
+  const index_t begin = static_cast<index_t>(blockIdx.y) * static_cast<index_t>(rows_per_chunk);
+  return {begin, min(rows_total, begin + static_cast<index_t>(rows_per_chunk))};
+}
+
+// The partial row accumulator a of a slice goes to: its tap, the bias row (`taps`, slice 0 only) for
+// a == kAcc, or -1 for nothing (a tap past the kernel's width, or weight taps not asked for).
+template <int KH, int KW>
+__device__ __forceinline__ int64_t partial_row(int a, int64_t slice, const TapSlice& ts, const DepthwiseGeometry& g,
+                                               bool weight_taps) {
+  constexpr int kAcc = acc_count<KH, KW>();
+  if (a == kAcc) return slice == 0 ? g.kernel_h * g.kernel_w : -1;
+  return weight_taps ? slice_tap<KH, KW>(a, ts.row, ts.col0, g) : -1;
+}
+
 // partial: [chunks][taps + 1][out_channels] (acc_t); the row `taps` is the bias (written by slice 0 only).
 template <typename scalar_t, typename acc_t, typename index_t, int KH, int KW>
 __global__ void __launch_bounds__(kBlock)
@@ -138,18 +167,13 @@ __global__ void __launch_bounds__(kBlock)
   const index_t o = static_cast<index_t>(blockIdx.x) * kLanes + lane;
   const bool active = o < out_channels;
   const index_t c = active ? o / static_cast<index_t>(g.multiplier) : 0;
-  const index_t rows_total = static_cast<index_t>(g.batch) * out_h;
-  const index_t row_begin = static_cast<index_t>(blockIdx.y) * static_cast<index_t>(rows_per_chunk);
-  const index_t row_end = min(rows_total, row_begin + static_cast<index_t>(rows_per_chunk));
+  const RowRange<index_t> rows = chunk_rows<index_t>(g, rows_per_chunk);
   const int64_t taps = g.kernel_h * g.kernel_w;
   for (int64_t slice = blockIdx.z; slice < slices; slice += gridDim.z) {
     const TapSlice ts = tap_slice<KH, KW>(slice, g);
-    acc_t acc[kAcc];
-#pragma unroll
-    for (int a = 0; a < kAcc; ++a) acc[a] = acc_t(0);
-    acc_t bias_acc = 0;
+    Sums<acc_t, kAcc> sums{};  // zero
     if (active) {
-      for (index_t row = row_begin + group; row < row_end; row += kGroups) {
+      for (index_t row = rows.begin + group; row < rows.end; row += kGroups) {
         const index_t n = row / out_h;
         const index_t oh = row - n * out_h;
         const acc_t* grad_row = grad_pre + row * out_w * out_channels + o;
@@ -157,10 +181,10 @@ __global__ void __launch_bounds__(kBlock)
         const index_t ih0 = oh * static_cast<index_t>(g.stride_h) - static_cast<index_t>(g.pad_top);
         for (index_t ow = 0; ow < out_w; ++ow) {
           const acc_t grad = grad_row[ow * out_channels];
-          bias_acc += grad;
+          sums.bias += grad;
           if (!weight_taps) continue;
           const index_t iw0 = ow * static_cast<index_t>(g.stride_w) - static_cast<index_t>(g.pad_left);
-          add_pixel<KH, KW>(acc, grad, in_plane, static_cast<index_t>(g.in_w) * channels, channels, ih0, iw0, g,
+          add_pixel<KH, KW>(sums.tap, grad, in_plane, static_cast<index_t>(g.in_w) * channels, channels, ih0, iw0, g,
                             static_cast<index_t>(ts.row), static_cast<index_t>(ts.col0));
         }
       }
@@ -170,8 +194,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int w = 0; w < kGroups; ++w) {
       if (group == w) {
 #pragma unroll
-        for (int a = 0; a < kAcc; ++a) stage[a][lane] = w == 0 ? acc[a] : stage[a][lane] + acc[a];
-        stage[kAcc][lane] = w == 0 ? bias_acc : stage[kAcc][lane] + bias_acc;
+        for (int a = 0; a < kAcc; ++a) stage[a][lane] = w == 0 ? sums.tap[a] : stage[a][lane] + sums.tap[a];
+        stage[kAcc][lane] = w == 0 ? sums.bias : stage[kAcc][lane] + sums.bias;
       }
       __syncthreads();
     }
@@ -179,7 +203,7 @@ __global__ void __launch_bounds__(kBlock)
       const int a = k / kLanes;
       const int l = k - a * kLanes;
       const int64_t oo = static_cast<int64_t>(blockIdx.x) * kLanes + l;
-      const int64_t tap = a == kAcc ? (slice == 0 ? taps : -1) : (weight_taps ? slice_tap<KH, KW>(a, ts.row, ts.col0, g) : -1);
+      const int64_t tap = partial_row<KH, KW>(a, slice, ts, g, weight_taps);
       if (oo >= g.out_channels || tap < 0) continue;
       partial[(static_cast<int64_t>(blockIdx.y) * (taps + 1) + tap) * g.out_channels + oo] = stage[a][l];
     }
@@ -206,31 +230,26 @@ __global__ void __launch_bounds__(kBlock)
   const index_t o = blockIdx.x;
   const index_t c = o / static_cast<index_t>(g.multiplier);
   const index_t out_channels = g.out_channels, out_h = g.out_h, out_w = g.out_w, in_h = g.in_h, in_w = g.in_w;
-  const index_t rows_total = static_cast<index_t>(g.batch) * out_h;
-  const index_t row_begin = static_cast<index_t>(blockIdx.y) * static_cast<index_t>(rows_per_chunk);
-  const index_t row_end = min(rows_total, row_begin + static_cast<index_t>(rows_per_chunk));
+  const RowRange<index_t> rows = chunk_rows<index_t>(g, rows_per_chunk);
   const index_t step_rows = kBlock / out_w;  // a step of kBlock pixels along the chunk's rows
   const index_t step_cols = kBlock - step_rows * out_w;
   const int64_t taps = g.kernel_h * g.kernel_w;
   for (int64_t slice = blockIdx.z; slice < slices; slice += gridDim.z) {
     const TapSlice ts = tap_slice<KH, KW>(slice, g);
-    acc_t acc[kAcc];
-#pragma unroll
-    for (int a = 0; a < kAcc; ++a) acc[a] = acc_t(0);
-    acc_t bias_acc = 0;
+    Sums<acc_t, kAcc> sums{};  // zero
     // Pixel threadIdx.x, +kBlock, ... of the chunk, as (row, column); the image index is redone on wrapping.
-    index_t row = row_begin + static_cast<index_t>(threadIdx.x) / out_w;
+    index_t row = rows.begin + static_cast<index_t>(threadIdx.x) / out_w;
     index_t ow = static_cast<index_t>(threadIdx.x) % out_w;
     index_t n = row / out_h;
     index_t oh = row - n * out_h;
-    while (row < row_end) {
+    while (row < rows.end) {
       const acc_t grad = grad_pre[((n * out_channels + o) * out_h + oh) * out_w + ow];
-      bias_acc += grad;
+      sums.bias += grad;
       if (weight_taps) {
         const scalar_t* in_plane = in + (n * static_cast<index_t>(g.channels) + c) * in_h * in_w;
         const index_t ih0 = oh * static_cast<index_t>(g.stride_h) - static_cast<index_t>(g.pad_top);
         const index_t iw0 = ow * static_cast<index_t>(g.stride_w) - static_cast<index_t>(g.pad_left);
-        add_pixel<KH, KW>(acc, grad, in_plane, in_w, index_t(1), ih0, iw0, g, static_cast<index_t>(ts.row),
+        add_pixel<KH, KW>(sums.tap, grad, in_plane, in_w, index_t(1), ih0, iw0, g, static_cast<index_t>(ts.row),
                           static_cast<index_t>(ts.col0));
       }
       ow += step_cols;
@@ -248,14 +267,14 @@ __global__ void __launch_bounds__(kBlock)
     }
 #pragma unroll
     for (int a = 0; a < kAcc; ++a) {
-      const acc_t s = warp_sum(acc[a]);
+      const acc_t s = warp_sum(sums.tap[a]);
       if (lane == 0) stage[warp][a] = s;
     }
-    const acc_t bias_sum = warp_sum(bias_acc);
+    const acc_t bias_sum = warp_sum(sums.bias);
     if (lane == 0) stage[warp][kAcc] = bias_sum;
     __syncthreads();
     for (int a = threadIdx.x; a <= kAcc; a += kBlock) {
-      const int64_t tap = a == kAcc ? (slice == 0 ? taps : -1) : (weight_taps ? slice_tap<KH, KW>(a, ts.row, ts.col0, g) : -1);
+      const int64_t tap = partial_row<KH, KW>(a, slice, ts, g, weight_taps);
       if (tap < 0) continue;
       acc_t sum = 0;
       for (int w = 0; w < kGroups; ++w) sum += stage[w][a];
