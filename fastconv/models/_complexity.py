@@ -4,13 +4,14 @@ and matrix product at dispatch, whatever module structure or fused path (folded 
 
 fastconv's convolution ops are custom ops the counter does not know; their formulas are registered here
 (depthwise: a grouped convolution with one input channel per group; conv2d_act, which eval conv-BN-act runs
-on the folded parameters: any grouped convolution).
+on the folded parameters, and oneDNN's convolution it runs on prepacked weights in CPU inference: any grouped
+convolution).
 """
 import contextlib
 from typing import Callable, Iterator
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 
 @register_flop_formula(torch.ops.fastconv.depthwise_conv2d)
@@ -29,6 +30,13 @@ def _grouped_conv_flops(input_shape, weight_shape, *args, out_shape=None, **kwar
 
 for _op in (torch.ops.fastconv.conv2d_act, torch.ops.fastconv.conv2d_act_triton):
     register_flop_formula(_op)(_grouped_conv_flops)
+
+# oneDNN's convolution with a post-op, which conv2d_act_constant runs on prepacked weights in CPU inference (the
+# packed weight reports its logical (C_out, C_in / groups, kh, kw) sizes). Registering takes the whole overload
+# packet; its "binary" overload (input, other, weight, ...) has other arguments and is never run: unregistered.
+if torch.backends.mkldnn.is_available():
+    register_flop_formula(torch.ops.mkldnn._convolution_pointwise)(_grouped_conv_flops)
+    flop_registry.pop(torch.ops.mkldnn._convolution_pointwise.binary, None)
 
 
 @contextlib.contextmanager

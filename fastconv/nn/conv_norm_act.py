@@ -9,7 +9,7 @@ from torch import nn
 
 from fastconv import ops
 from fastconv.ops._checks import resolve_conv2d_act_args
-from fastconv.ops.conv2d_act import conv2d_act_resolved
+from fastconv.ops.conv2d_act import PackedWeight, conv2d_act_constant
 from fastconv.nn.batchnorm import batch_norm_module
 
 # Activation modules a fused op can apply in its epilogue, by the op's activation name.
@@ -84,19 +84,26 @@ class Adoptable:
         pass
 
 
+def _identities(tensors):
+    """Each tensor's storage and version: what a cache of values computed from them is keyed on."""
+    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+
+
 class FoldedConvBN:
     """The folded (weight, bias) of a conv + eval-mode BN pair, cached.
 
     Recomputed whenever a parameter or buffer changes (load_state_dict, an optimizer step, ``.to()``:
     anything that bumps a tensor's version, storage, dtype or device). When gradients flow to the
     parameters, or under torch.compile, it folds afresh (differentiable, traceable) instead. Not a Module,
-    so holding one adds nothing to a state_dict.
+    so holding one adds nothing to a state_dict. In inference it also holds oneDNN's reordered copy of the
+    folded weight (``packed``; see fastconv.ops.conv2d_act.PackedWeight), dropped with the fold.
     """
 
     def __init__(self):
         self._key = None
         self._value = None
         self._prepared = None
+        self.packed = PackedWeight()
 
     @staticmethod
     def _tensors(conv: nn.Conv2d, bn: nn.BatchNorm2d):
@@ -110,8 +117,8 @@ class FoldedConvBN:
         the convolution's geometry (which `prepared` resolves)."""
         tensors = self._tensors(conv, bn)
         weight = tensors[0]
-        return (tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors), weight.dtype,
-                weight.device, bn.eps, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+        return (_identities(tensors), weight.dtype, weight.device, bn.eps, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.padding_mode)
 
     def __call__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
         tensors = self._tensors(conv, bn)
@@ -126,17 +133,41 @@ class FoldedConvBN:
             with torch.no_grad():
                 self._value = fold_bn_parameters(conv, bn)
             self._prepared = None
+            self.packed = PackedWeight()
             self._key = key
         return self._value
 
     def prepared(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
-        """``(weight, bias, stride, padding, dilation, groups)`` for ``conv2d_act_resolved``: the folded
+        """``(weight, bias, stride, padding, dilation, groups)`` for ``conv2d_act_constant``: the folded
         parameters with the convolution's arguments resolved once. Only without grad mode and outside
         torch.compile (the caller checks), where the cached fold is always the one to use."""
         weight, bias = self._cached(conv, bn)
         if self._prepared is None:
             self._prepared = (weight, bias) + resolve_conv2d_act_args(weight, conv.stride, conv.padding,
                                                                       conv.dilation, conv.groups)
+        return self._prepared
+
+
+class ConvWeights:
+    """A convolution's own (weight, bias) for inference, with its arguments resolved once and oneDNN's prepacked
+    copy (``packed``): the BN-less twin of FoldedConvBN, refreshed on the same changes."""
+
+    def __init__(self):
+        self._key = None
+        self._prepared = None
+        self.packed = PackedWeight()
+
+    def prepared(self, conv: nn.Conv2d):
+        """``(weight, bias, stride, padding, dilation, groups)`` for ``conv2d_act_constant``."""
+        params = conv._parameters
+        weight, bias = params["weight"], params.get("bias")
+        key = (_identities((weight, bias)), weight.dtype, weight.device, conv.stride, conv.padding, conv.dilation,
+               conv.groups)
+        if key != self._key:
+            self._prepared = (weight, bias) + resolve_conv2d_act_args(weight, conv.stride, conv.padding,
+                                                                      conv.dilation, conv.groups)
+            self.packed = PackedWeight()
+            self._key = key
         return self._prepared
 
 
@@ -156,8 +187,9 @@ def conv_bn_act(x, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: Optional[str
         out = bn(conv(x))
         return out if activation is None else _APPLY[activation](out)
     if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        # Inference: the arguments were resolved with the fold (the same call, minus ~10 us of Python).
-        return conv2d_act_resolved(x, *fold.prepared(conv, bn), activation)
+        # Inference: the arguments were resolved with the fold (the same call, minus ~10 us of Python), and
+        # the folded weight is constant until the fold changes: the CPU may run it prepacked.
+        return conv2d_act_constant(x, *fold.prepared(conv, bn), activation, fold.packed)
     weight, bias = fold(conv, bn)
     return conv2d_activation(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, activation)
 

@@ -13,8 +13,9 @@ from torch import nn
 from fastconv import ops
 from fastconv.nn.batchnorm import BatchNorm2d, batch_norm_module
 from fastconv.nn.conv import Conv2d
-from fastconv.nn.conv_norm_act import _APPLY, FUSABLE_ACTIVATIONS, Adoptable, FoldedConvBN, conv2d_activation, \
-    conv_bn_act
+from fastconv.nn.conv_norm_act import _APPLY, FUSABLE_ACTIVATIONS, Adoptable, ConvWeights, FoldedConvBN, \
+    conv2d_activation, conv_bn_act
+from fastconv.ops.conv2d_act import conv2d_act_constant
 
 # Exact types only: a user's subclass may override forward, and must then run as it is.
 _CONVS = (nn.Conv2d, Conv2d)
@@ -24,14 +25,18 @@ def _is_plain_batch_norm(module: nn.Module) -> bool:
     return type(module) is nn.BatchNorm2d or (type(module) is BatchNorm2d and module.activation is None)
 
 
-def conv_activation(x: torch.Tensor, conv: nn.Conv2d, activation: Optional[str]) -> torch.Tensor:
+def conv_activation(x: torch.Tensor, conv: nn.Conv2d, activation: Optional[str],
+                    weights: Optional[ConvWeights] = None) -> torch.Tensor:
     """activation(conv(x)) in one call: depthwise convolutions of a fastconv.nn.Conv2d through
-    fastconv.ops.depthwise_conv2d, every other zero-padded convolution through conv2d_activation."""
+    fastconv.ops.depthwise_conv2d, every other zero-padded convolution through conv2d_activation; in inference,
+    with `weights` (the convolution's cache), through conv2d_act_constant (prepacked on the CPU)."""
     if isinstance(conv, Conv2d) and conv.is_depthwise():
         return ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, activation)
     if conv.padding_mode != "zeros":
         out = conv(x)
         return out if activation is None else _APPLY[activation](out)
+    if weights is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return conv2d_act_constant(x, *weights.prepared(conv), activation, weights.packed)
     return conv2d_activation(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                              activation)
 
@@ -84,6 +89,7 @@ class FusedSequential(Adoptable, nn.Sequential):
         self._steps = _plan(layers)
         self._planned = tuple(id(layer) for layer in layers)
         self._folds = {start: FoldedConvBN() for start, _, kind, _ in self._steps if kind == "conv_bn"}
+        self._weights = {start: ConvWeights() for start, _, kind, _ in self._steps if kind == "conv"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self._modules.values())
@@ -93,7 +99,7 @@ class FusedSequential(Adoptable, nn.Sequential):
             if kind == "conv_bn":
                 x = conv_bn_act(x, layers[start], layers[start + 1], activation, self._folds[start])
             elif kind == "conv":
-                x = conv_activation(x, layers[start], activation)
+                x = conv_activation(x, layers[start], activation, self._weights[start])
             elif kind == "bn":
                 x = batch_norm_module(layers[start], x, activation)
             else:

@@ -89,10 +89,80 @@ def conv2d_act_resolved(input, weight, bias, stride, padding, dilation, groups, 
     pairs, padding (top, bottom, left, right)). Modules that call it on every forward resolve once (see
     fastconv.nn.conv_norm_act.FoldedConvBN.prepared); every argument is still checked by the kernel."""
     backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
+    return _run(backend, input, weight, bias, stride, padding, dilation, groups, activation)
+
+
+def _run(backend, input, weight, bias, stride, padding, dilation, groups, activation):
     if _routes_to_depthwise(backend, input, weight, groups):
         check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
         return _DEPTHWISE_OP.run_backend(backend, input, weight, bias, stride, padding, dilation, activation)
     return _OP.run_backend(backend, input, weight, bias, stride, padding, dilation, groups, activation)
+
+
+# --- CPU inference with a constant weight: oneDNN's convolution on a prepacked weight --------------------------
+# ATen's CPU convolution hands oneDNN the weight in PyTorch's plain layout, and oneDNN reorders it into its
+# blocked layout on every call: at batch 1 that reorder is up to half the convolution (ResNet-50's 512x512 3x3,
+# 9.4 MB: 5.5 ms against 2.2 ms; benches/RESULTS.md). A module whose weight is constant in inference (the folded
+# conv-BN of fastconv.nn.conv_norm_act) keeps the reordered copy and runs oneDNN's convolution with the
+# activation as its post-op, as inductor does for frozen graphs. Only for float32 channels_last input: in NCHW,
+# oneDNN's path with a blocked weight measured slower on half of MobileNetV2's 1x1 layers.
+_ONEDNN_POST_OPS = {
+    None: ("none", []),
+    "relu": ("relu", []),
+    "relu6": ("hardtanh", [0.0, 6.0]),
+    "hardswish": ("hardswish", []),
+    "silu": ("swish", []),
+}
+
+
+class PackedWeight:
+    """oneDNN's reordered copy of one constant convolution weight, made for the shape, dtype and device of the
+    input it last served (a new input shape repacks: one reorder, which ATen pays on every call). Hold one per
+    constant weight and drop it when the weight changes. Copies and pickles of it are empty (an opaque oneDNN
+    tensor has no storage to copy): they pack again on first use."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self):
+        self._entry = (None, None)  # (key, packed weight), replaced as one, so concurrent callers see a pair
+
+    def __reduce__(self):
+        return PackedWeight, ()
+
+    def get(self, input, weight, bias, stride, padding, dilation, groups, activation):
+        key = (input.shape, input.dtype, input.device, activation)
+        cached_key, packed = self._entry
+        if key != cached_key:
+            # The checks hold for every later input with this key: the weight and bias are constant.
+            check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, [padding[0], padding[2]], list(stride), list(dilation), groups, list(input.shape))
+            self._entry = (key, packed)
+        return packed
+
+
+def _prepackable(input, weight, padding, groups) -> bool:
+    """Whether the CPU backend runs this call on a prepacked weight (see PackedWeight)."""
+    return (input.dtype == torch.float32 and input.dim() == 4 and input.device.type == "cpu"
+            and padding[0] == padding[1] and padding[2] == padding[3]
+            and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+            and torch._C._get_mkldnn_enabled() and torch.backends.mkldnn.is_available()
+            and not _routes_to_depthwise("cpu", input, weight, groups))
+
+
+def conv2d_act_constant(input, weight, bias, stride, padding, dilation, groups, activation, packed: PackedWeight):
+    """conv2d_act_resolved for a weight and bias that stay constant while `packed` is held, without autograd
+    (the caller runs it only in inference: grad mode off, outside torch.compile). On the CPU backend, float32
+    channels_last input runs oneDNN on `packed`'s reordered weight with the activation fused; everything else
+    is conv2d_act_resolved."""
+    backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
+    if backend == "cpu" and activation in _ONEDNN_POST_OPS and _prepackable(input, weight, padding, groups):
+        attr, scalars = _ONEDNN_POST_OPS[activation]
+        weight_packed = packed.get(input, weight, bias, stride, padding, dilation, groups, activation)
+        return torch.ops.mkldnn._convolution_pointwise(
+            input, weight_packed, bias, [padding[0], padding[2]], list(stride), list(dilation), groups, attr, scalars,
+            "")
+    return _run(backend, input, weight, bias, stride, padding, dilation, groups, activation)
 
 
 def _is_depthwise(input, weight, groups):

@@ -68,10 +68,12 @@ def test_train_steps_equal_torchvision(config):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m: f"{key}: {m}")
 
 
-def test_folded_cache_follows_parameter_changes():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_folded_cache_follows_parameter_changes(layout):
+    """The cached fold (and, for channels_last on the CPU, oneDNN's prepacked copy of it) follows every change."""
     ours, reference = pair("3x3")
     ours.eval(), reference.eval()
-    x = torch.randn(1, 8, 6, 6)
+    x = torch.randn(1, 8, 6, 6).contiguous(memory_format=layout)
     with torch.no_grad():
         ours(x)  # fills the cache
         reference[1].running_var.mul_(3)  # a buffer changes (load_state_dict copies in place)
@@ -82,6 +84,8 @@ def test_folded_cache_follows_parameter_changes():
         torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
         for model in (ours, reference):
             model[0].padding = (0, 0)  # the geometry the cached call resolved
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+        x = torch.randn(3, 8, 7, 5).contiguous(memory_format=layout)  # another input shape
         torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
         ours.double(), reference.double()
         torch.testing.assert_close(ours(x.double()), reference(x.double()))

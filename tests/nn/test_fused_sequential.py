@@ -76,3 +76,46 @@ def test_plan_fuses_the_runs_and_follows_later_changes():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), nn.Sequential(*ours)(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_channels_last_inference_equals_sequential(case):
+    """float32 channels_last inference on the CPU runs the conv steps on oneDNN's prepacked weights: still equal to
+    the float64 Sequential, for another input shape and after an in-place parameter update (which repacks)."""
+    ours, reference = pair(case)
+    ours.float().eval(), reference.eval()
+    rtol, atol = TOLERANCES[torch.float32]
+    with torch.no_grad():
+        for shape in ((2, 4, 9, 10), (1, 4, 7, 7), (1, 4, 7, 7)):
+            x = torch.randn(shape).to(memory_format=torch.channels_last)
+            torch.testing.assert_close(ours(x).double(), reference(x.double()), rtol=rtol, atol=atol)
+            for a, b in zip(ours.parameters(), reference.parameters()):  # an optimizer-like in-place update
+                a.add_(0.25), b.add_(0.25)
+
+
+@pytest.mark.parametrize("case", ["conv-bn-relu-pool", "conv-relu6"])
+def test_inference_runs_prepacked_convolutions(case):
+    ours, _ = pair(case)
+    ours.float().eval()
+    x = torch.randn(1, 4, 9, 10).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        ours(x)
+    names = {event.name for event in profiler.events()}
+    assert "mkldnn::_convolution_pointwise" in names and "aten::convolution" not in names, sorted(names)
+
+
+def test_copies_after_inference():
+    """After a channels_last inference call the fused steps hold oneDNN tensors, which have no storage: deepcopy
+    and torch.save still work (the copies pack again) and give the same outputs."""
+    import io
+
+    ours, _ = pair("conv-bn-relu-pool")
+    ours.float().eval()
+    x = torch.randn(1, 4, 9, 10).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = ours(x)
+        buffer = io.BytesIO()
+        torch.save(ours, buffer)
+        buffer.seek(0)
+        for copied in (copy.deepcopy(ours), torch.load(buffer, weights_only=False)):
+            torch.testing.assert_close(copied(x), expected, rtol=0, atol=0)

@@ -359,3 +359,77 @@ def test_hardswish_backward_uses_the_unrounded_preactivation(backend, device, dt
         out = fastconv.ops.conv2d_act(x, weight, None, activation="hardswish")
     (grad,) = torch.autograd.grad(out.sum(), [x])
     torch.testing.assert_close(grad.float(), torch.ones(1, 2, 1, 1, device=device))
+
+
+# --- conv2d_act_constant: a weight held constant (inference), prepacked for oneDNN on the CPU ----------------
+_CONV2D_ACT_MODULE = sys.modules["fastconv.ops.conv2d_act"]
+
+
+def _constant_call(sample, layout, packed, batch=None):
+    """(input, output) of conv2d_act_constant on `sample` in `layout` (another batch of the input when given)."""
+    x, w, b, stride, padding, dilation, groups, activation = sample.args
+    if batch is not None:
+        x = torch.randn((batch,) + tuple(x.shape[1:]))
+    x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    resolved = resolve_conv2d_act_args(w, stride, padding, dilation, groups)
+    with torch.no_grad():
+        return x, _CONV2D_ACT_MODULE.conv2d_act_constant(x, w, b, *resolved, activation, packed)
+
+
+def _check_constant(sample, x, out):
+    _, w, b, stride, padding, dilation, groups, activation = sample.args
+    want = reference64(x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation, groups,
+                       activation)
+    assert out.stride() == _output_strides(x, out)
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
+
+
+def _kernel_names(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        fn()
+    return {event.name for event in profiler.events()}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("sample", SAMPLES, ids=IDS)
+def test_constant_weight_forward(sample, layout):
+    """Every sample through the constant-weight entry (the prepacked oneDNN path for float32 channels_last with
+    symmetric padding, conv2d_act otherwise), against float64; then another batch, which packs afresh."""
+    packed = _CONV2D_ACT_MODULE.PackedWeight()
+    for batch in (None, 3, None):
+        _check_constant(sample, *_constant_call(sample, layout, packed, batch))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "hardswish", "silu"])
+def test_constant_weight_runs_prepacked_on_the_cpu(activation):
+    """float32 channels_last on the CPU backend runs oneDNN's convolution on the reordered weight with the activation
+    as its post-op, and no ATen convolution; NCHW input, the reference backend and oneDNN switched off do not."""
+    sample = conv(2, 8, 9, 9, 12, 3, padding=1, activation=activation)
+    sample.args[0].mul_(8)  # outputs of about N(0, 8^2): every piece of each activation is exercised
+    packed = _CONV2D_ACT_MODULE.PackedWeight()
+    with fastconv.backend("cpu"):
+        names = _kernel_names(lambda: _constant_call(sample, "channels_last", packed))
+        assert "mkldnn::_convolution_pointwise" in names
+        assert not any(n in names for n in ("aten::convolution", "fastconv::conv2d_act"))
+        _check_constant(sample, *_constant_call(sample, "channels_last", packed))
+        assert "mkldnn::_convolution_pointwise" not in _kernel_names(lambda: _constant_call(sample, "contiguous",
+                                                                                             packed))
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert "mkldnn::_convolution_pointwise" not in _kernel_names(
+                lambda: _check_constant(sample, *_constant_call(sample, "channels_last", packed)))
+    with fastconv.backend("reference"):
+        assert "mkldnn::_convolution_pointwise" not in _kernel_names(
+            lambda: _constant_call(sample, "channels_last", packed))
+
+
+def test_constant_weight_invalid_input_raises():
+    """The prepacked path checks the input like conv2d_act before oneDNN sees it."""
+    packed = _CONV2D_ACT_MODULE.PackedWeight()
+    w = torch.randn(6, 4, 3, 3)
+    resolved = resolve_conv2d_act_args(w, 1, 1, 1, 1)
+    for x, message in ((torch.randn(1, 5, 8, 8), r"weight.shape\[1\] \(4\) must equal input.shape\[1\] / groups"),
+                       (torch.randn(1, 4, 8, 8).double(), "input and weight must have the same dtype")):
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), pytest.raises(RuntimeError, match=message):
+            _CONV2D_ACT_MODULE.conv2d_act_constant(x, w, None, *resolved, "relu", packed)
