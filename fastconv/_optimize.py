@@ -65,16 +65,15 @@ def _channels_last_from_batch(model):
     (fastconv/models/_layout.py), or None: the torchvision (and timm) classifiers, by their top-level class."""
     import torchvision.models as tvm
 
-    from fastconv.models._layout import ALWAYS, FROM_BATCH_4
+    from fastconv.models._layout import ALWAYS
 
-    from_batch = {tvm.MobileNetV2: ALWAYS, tvm.MobileNetV3: ALWAYS, tvm.ShuffleNetV2: ALWAYS, tvm.GoogLeNet: ALWAYS,
-                  tvm.Inception3: ALWAYS, tvm.DenseNet: ALWAYS, tvm.VGG: ALWAYS, tvm.ResNet: FROM_BATCH_4,
-                  tvm.AlexNet: FROM_BATCH_4}
+    classifiers = {tvm.MobileNetV2, tvm.MobileNetV3, tvm.ShuffleNetV2, tvm.GoogLeNet, tvm.Inception3, tvm.DenseNet,
+                   tvm.VGG, tvm.ResNet, tvm.AlexNet}
     if sys.modules.get("timm") is not None:
         import timm.models.senet as timm_senet
 
-        from_batch[timm_senet.SENet] = FROM_BATCH_4
-    return from_batch.get(type(model))
+        classifiers.add(timm_senet.SENet)
+    return ALWAYS if type(model) in classifiers else None
 
 
 def _adopt(module, target):

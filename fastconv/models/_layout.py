@@ -4,18 +4,20 @@ The models take NCHW input like torchvision's. In eval on the CPU most of them c
 forward pre-hook that their builders install converts a 4-D input once, and every later layer keeps that
 layout (fastconv's ops return their input's layout, and so do oneDNN's convolutions, pooling and batch norm).
 channels_last is the layout fastconv's CPU depthwise kernel is fastest in (vectorised over channels, each
-loaded pixel feeding several outputs), and it spares oneDNN the NCHW -> blocked -> NCHW reorders it runs around
-every NCHW convolution. Whether that pays depends on the network and the batch; a builder names the smallest
-batch from which its network converts (ALWAYS or FROM_BATCH_4). Measured on this project's 2-core AMD EPYC
-CPU (AVX-512), 2 threads, fastconv's model, NCHW time / channels_last time (benches/RESULTS.md):
-  - ALWAYS: MobileNetV2 26.9 -> 12.1 ms, ShuffleNetV2 x1.0 13.7 -> 9.0, MobileNetV3-Large 14.8 -> 11.3,
-    ShuffleNetV1 14.3 -> 9.3 (batch 1, an earlier session); GoogLeNet 1.75x at batch 1 and 1.93x at 32,
-    DenseNet-121 1.19x at 1, 4 and 32, VGG-11-BN 1.15x at 1, Inception-v3 1.19x, Inception-v4 1.12x,
-    Xception 1.22x at 1.
-  - FROM_BATCH_4 (slower in channels_last at batch 1, faster from batch 4): ResNet-50 0.88x at batch 1, 0.96x
-    at 2, 1.06x at 4, 1.13x at 8, 1.20x at 32; ResNet-18 0.97x / 1.07x / 1.16x at 1 / 4 / 8, ResNeXt-50
-    0.84x / 1.07x / 1.12x, Wide-ResNet-50-2 0.85x / 1.02x / 1.02x, SE-ResNet-50 0.96x / 1.03x / 1.10x, AlexNet
-    0.97x / 1.17x / 1.14x, MobileNetV1 0.89x / 1.05x / 1.20x.
+loaded pixel feeding several outputs); it spares oneDNN the NCHW -> blocked -> NCHW reorders it runs around
+every NCHW convolution; and in it eval convolutions run oneDNN on weights reordered once and kept
+(fastconv.ops.conv2d_act.PackedWeight), where ATen reorders the weight on every call. Whether the layout pays
+depends on the network and the batch, so a builder names the smallest batch from which its network converts
+(`min_batch`; ALWAYS = from batch 1). Measured on this project's 2-core AMD EPYC CPU (AVX-512), 2 threads,
+fastconv's model, NCHW time / channels_last time at batch 1 (benches/RESULTS.md):
+  - MobileNetV2 26.9 -> 12.1 ms, ShuffleNetV2 x1.0 13.7 -> 9.0, MobileNetV3-Large 14.8 -> 11.3, ShuffleNetV1
+    14.3 -> 9.3 (an earlier session); GoogLeNet 1.75x (1.93x at batch 32), DenseNet-121 1.19x, VGG-11-BN 1.15x,
+    Inception-v3 1.19x, Inception-v4 1.12x, Xception 1.22x.
+  - With the prepacked weights: ResNet-50 1.39x, ResNet-18 1.51x, ResNeXt-50 1.23x, Wide-ResNet-50-2 1.33x,
+    SE-ResNet-50 1.32x, AlexNet 1.40x, MobileNetV1 1.35x, VGG-11 1.23x. Before them (ATen's convolution in
+    both layouts) these lost at batch 1 (ResNet-50 0.88x, AlexNet 0.97x, MobileNetV1 0.89x) and converted
+    only from batch 4.
+So every network converts from batch 1 now.
 DeepLabV3 keeps the caller's layout: its output is a dense map, which would come back channels_last.
 The classifiers' outputs are (N, classes) logits either way.
 
@@ -35,7 +37,6 @@ def wants_channels_last(x) -> bool:
 
 # The smallest batch from which a network computes in channels_last (see the module docstring).
 ALWAYS = 1
-FROM_BATCH_4 = 4
 
 
 class _ToChannelsLast:

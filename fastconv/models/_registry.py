@@ -80,7 +80,7 @@ def build(model_fn: Callable[..., torch.nn.Module], weights, progress: bool, tim
     a model with a `timm_name`, a timm pretrained tag).
 
     With torchvision or timm weights, `num_classes` is checked against the weights' categories, as
-    torchvision does. With `channels_last_from_batch` (_layout.ALWAYS or FROM_BATCH_4) the model computes in
+    torchvision does. With `channels_last_from_batch` (a batch size; _layout.ALWAYS = 1) the model computes in
     channels_last in eval on the CPU from that batch size on (see _layout.py: measured per network).
     """
     state_dict = None

@@ -7,7 +7,7 @@ The five conv-ReLU pairs run as one convolution with the ReLU in its epilogue (f
 import torch
 from torch import nn
 
-from fastconv.models._layout import FROM_BATCH_4
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable
 from fastconv.nn.sequential import FusedSequential
@@ -56,4 +56,4 @@ class AlexNet(Adoptable, nn.Module):
 
 @register_model
 def alexnet(*, weights=None, progress: bool = True, **kwargs) -> AlexNet:
-    return build(AlexNet, weights, progress, channels_last_from_batch=FROM_BATCH_4, **kwargs)
+    return build(AlexNet, weights, progress, channels_last_from_batch=ALWAYS, **kwargs)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fastconv.models._layers import classifier, classifier_head, conv_bn_act
-from fastconv.models._layout import FROM_BATCH_4
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.models.mobilenetv2 import _make_divisible
 from fastconv.nn import Conv2d
@@ -144,4 +144,4 @@ def mobilenetv1_100(*, weights=None, progress: bool = True, **kwargs) -> MobileN
     (``resolution_multiplier``/``rho`` records another size). ``weights``: a local checkpoint path, or a timm
     pretrained tag of ``mobilenetv1_100`` ("ra4_e3600_r224_in1k"), fetched through timm."""
     return build(MobileNetV1, weights, progress, timm_name="mobilenetv1_100",
-                 channels_last_from_batch=FROM_BATCH_4, **kwargs)
+                 channels_last_from_batch=ALWAYS, **kwargs)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fastconv.models._blocks import residual_relu
-from fastconv.models._layout import FROM_BATCH_4
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
 
@@ -160,7 +160,7 @@ class ResNet(Adoptable, nn.Module):
 
 def _resnet(block, layers, weights, progress, **kwargs):
     return build(lambda **kw: ResNet(block, layers, **kw), weights, progress,
-                 channels_last_from_batch=FROM_BATCH_4, **kwargs)
+                 channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

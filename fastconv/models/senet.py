@@ -19,7 +19,7 @@ from torch import nn
 
 from fastconv.models._blocks import residual_relu
 from fastconv.models._layers import classifier, classifier_head, conv_bn_act, init_like_timm_cnn
-from fastconv.models._layout import FROM_BATCH_4
+from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn import SqueezeExcitation
 from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN
@@ -143,7 +143,7 @@ class SENet(Adoptable, nn.Module):
 
 def _senet(block, layers, groups, weights, progress, timm_name, **kwargs) -> SENet:
     return build(lambda **kw: SENet(block, layers, groups, reduction=16, **kw), weights, progress,
-                 timm_name=timm_name, channels_last_from_batch=FROM_BATCH_4, **kwargs)
+                 timm_name=timm_name, channels_last_from_batch=ALWAYS, **kwargs)
 
 
 @register_model

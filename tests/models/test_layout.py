@@ -1,10 +1,11 @@
-"""The zoo's compute layout (fastconv/models/_layout.py): in eval on the CPU the depthwise/grouped nets and the
-dense nets measured faster that way compute in channels_last from batch 1, the residual nets, AlexNet and
-MobileNetV1 from batch 4; training keeps the caller's layout."""
+"""The zoo's compute layout (fastconv/models/_layout.py): in eval on the CPU the networks compute in channels_last
+(from batch 1: every builder measured faster that way); training keeps the caller's layout."""
 import pytest
 import torch
+import torchvision
 
 from fastconv import models
+from fastconv.models._layout import compute_in_channels_last
 from tolerances import TOLERANCES
 
 
@@ -29,27 +30,22 @@ def test_eval_on_the_cpu_computes_in_channels_last(name):
     assert x.is_contiguous(), "the caller's tensor is not modified"
 
 
-@pytest.mark.parametrize("name", ["googlenet", "densenet121", "vgg11_bn", "inception_v3", "legacy_xception"])
-def test_dense_nets_measured_faster_in_channels_last_use_it_from_batch_1(name):
+@pytest.mark.parametrize("name", ["googlenet", "densenet121", "vgg11_bn", "inception_v3", "legacy_xception",
+                                  "resnet18", "mobilenetv1_100", "alexnet", "legacy_seresnet50"])
+def test_dense_and_residual_nets_use_channels_last_from_batch_1(name):
     model = models.get_model(name, num_classes=10).eval()
     assert first_conv_input_layout(model, torch.randn(1, 3, 80, 80))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv1_100", "alexnet", "legacy_seresnet50"])
-def test_residual_nets_use_channels_last_from_batch_4(name):
-    """Slower in channels_last at batch 1 and 2, faster from batch 4 (measurements in _layout.py)."""
-    model = models.get_model(name, num_classes=10)
-    x = torch.randn(4, 3, 80, 80)
-    assert not first_conv_input_layout(model.eval(), x[:2])
-    assert first_conv_input_layout(model.eval(), x)
-    assert not first_conv_input_layout(model.train(), x), "training keeps the caller's layout"
-
-
-def test_channels_last_from_batch_4_gives_the_nchw_outputs():
-    """The same logits whichever layout the batch is computed in: each sample alone (batch 1, NCHW) and the four
-    together (channels_last). float64, so only summation order may differ."""
-    model = models.get_model("resnet18", num_classes=10).eval().double()
+def test_channels_last_from_a_batch_size_gives_the_nchw_outputs():
+    """A conversion from batch 4 on (compute_in_channels_last's min_batch) leaves batches 1-3 in NCHW and gives the
+    same logits whichever layout the batch is computed in: each sample alone (NCHW) and the four together
+    (channels_last). float64, so only summation order may differ."""
+    model = torchvision.models.resnet18(num_classes=10)
+    compute_in_channels_last(model, 4)
+    model.eval().double()
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
+    assert not first_conv_input_layout(model, x[:1]) and first_conv_input_layout(model, x)
     with torch.no_grad():
         batched = model(x)
         single = torch.cat([model(x[i:i + 1]) for i in range(4)])
