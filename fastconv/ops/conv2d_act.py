@@ -141,23 +141,38 @@ class PackedWeight:
         return packed
 
 
-def _prepackable(input, weight, padding, groups) -> bool:
+def _aten_uses_onednn(input, weight, stride, dilation, groups) -> bool:
+    """Whether ATen's CPU convolution would run oneDNN for this float32 call (ConvParams::use_mkldnn in
+    aten/src/ATen/native/Convolution.cpp). Where it does not (a 1x1 convolution on one thread; a batch-1 input
+    of at most 20480 elements with a kernel of at most 3x3 and no groups), its native path is the faster one:
+    each oneDNN call costs ~50 us of setup here (measured on a 1x8x2x2 input: 55 us against 10 us for F.conv2d),
+    which a prepacked weight does not save (ShuffleNetV2 x0.5 at batch 1 ran 25 % slower prepacked everywhere)."""
+    n, c, h, w = input.shape
+    kh, kw = weight.shape[-2:]
+    return ((stride != (1, 1) or dilation != (1, 1) or n >= 16 or (kh, kw) != (1, 1) or torch.get_num_threads() > 1)
+            and (groups > 1 or (kh > 3 and kw > 3) or n > 1 or n * c * h * w > 20480))
+
+
+def _prepackable(input, weight, stride, padding, dilation, groups) -> bool:
     """Whether the CPU backend runs this call on a prepacked weight (see PackedWeight)."""
     return (input.dtype == torch.float32 and input.dim() == 4 and input.device.type == "cpu"
-            and padding[0] == padding[1] and padding[2] == padding[3]
-            and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+            and padding[0] == padding[1] and padding[2] == padding[3] and _memory_format(input) == torch.channels_last
             and torch._C._get_mkldnn_enabled() and torch.backends.mkldnn.is_available()
-            and not _routes_to_depthwise("cpu", input, weight, groups))
+            and not _routes_to_depthwise("cpu", input, weight, groups)
+            and _aten_uses_onednn(input, weight, tuple(stride), tuple(dilation), groups))
 
 
 def conv2d_act_constant(input, weight, bias, stride, padding, dilation, groups, activation, packed: PackedWeight):
     """conv2d_act_resolved for a weight and bias that stay constant while `packed` is held, without autograd
     (the caller runs it only in inference: grad mode off, outside torch.compile). On the CPU backend, float32
-    channels_last input runs oneDNN on `packed`'s reordered weight with the activation fused; everything else
-    is conv2d_act_resolved."""
+    channels_last input runs oneDNN on `packed`'s reordered weight with the activation fused (a channels_last view
+    that is not dense, such as ShuffleNetV2's channel split, is copied dense first, as ATen's convolution does);
+    everything else is conv2d_act_resolved."""
     backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
-    if backend == "cpu" and activation in _ONEDNN_POST_OPS and _prepackable(input, weight, padding, groups):
+    if (backend == "cpu" and activation in _ONEDNN_POST_OPS
+            and _prepackable(input, weight, stride, padding, dilation, groups)):
         attr, scalars = _ONEDNN_POST_OPS[activation]
+        input = input.contiguous(memory_format=torch.channels_last)
         weight_packed = packed.get(input, weight, bias, stride, padding, dilation, groups, activation)
         return torch.ops.mkldnn._convolution_pointwise(
             input, weight_packed, bias, [padding[0], padding[2]], list(stride), list(dilation), groups, attr, scalars,

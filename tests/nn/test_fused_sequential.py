@@ -97,7 +97,7 @@ def test_float32_channels_last_inference_equals_sequential(case):
 def test_inference_runs_prepacked_convolutions(case):
     ours, _ = pair(case)
     ours.float().eval()
-    x = torch.randn(1, 4, 9, 10).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 9, 10).to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         ours(x)
     names = {event.name for event in profiler.events()}

@@ -423,6 +423,45 @@ def test_constant_weight_runs_prepacked_on_the_cpu(activation):
             lambda: _constant_call(sample, "channels_last", packed))
 
 
+def test_constant_weight_channel_slice_input():
+    """A channel slice of a channels_last tensor (ShuffleNetV2's split) also runs prepacked, copied dense first, and
+    gives a dense channels_last output."""
+    whole = torch.randn(2, 16, 7, 9).contiguous(memory_format=torch.channels_last)
+    x, w, b = whole[:, 8:], torch.randn(12, 8, 3, 3) / 72**0.5, torch.randn(12)
+    packed = _CONV2D_ACT_MODULE.PackedWeight()
+    resolved = resolve_conv2d_act_args(w, 1, 1, 1, 1)
+    with torch.no_grad(), fastconv.backend("cpu"):
+        names = _kernel_names(lambda: _CONV2D_ACT_MODULE.conv2d_act_constant(x, w, b, *resolved, "relu", packed))
+        out = _CONV2D_ACT_MODULE.conv2d_act_constant(x, w, b, *resolved, "relu", packed)
+    assert "mkldnn::_convolution_pointwise" in names
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(out.double(), reference64(x.double(), w.double(), b.double(), 1, 1, 1, 1, "relu"),
+                               rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape, kernel, groups, threads, prepacked", [
+    ((1, 8, 50, 50), 3, 1, 1, False),  # batch 1, 20000 elements, 3x3: ATen's native path
+    ((1, 8, 52, 52), 3, 1, 1, True),  # 21632 elements: oneDNN
+    ((2, 8, 4, 4), 3, 1, 1, True),  # batch 2
+    ((1, 8, 4, 4), 5, 1, 1, True),  # a kernel above 3x3
+    ((1, 8, 4, 4), 3, 2, 1, True),  # groups
+    ((1, 8, 60, 60), 1, 1, 1, False),  # 1x1 on one thread: native (a GEMM)
+    ((1, 8, 60, 60), 1, 1, 2, True),  # ... on two: oneDNN
+])
+def test_constant_weight_prepacks_where_aten_runs_onednn(shape, kernel, groups, threads, prepacked):
+    """The prepacked path takes the calls ATen's convolution would give oneDNN, and leaves the small ones, where
+    oneDNN's per-call setup outweighs the convolution, to ATen."""
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 8 // groups, kernel, kernel)
+    resolved = resolve_conv2d_act_args(w, 1, kernel // 2, 1, groups)
+    torch.set_num_threads(threads)
+    with torch.no_grad(), fastconv.backend("cpu"):
+        names = _kernel_names(lambda: _CONV2D_ACT_MODULE.conv2d_act_constant(
+            x, w, None, *resolved, None, _CONV2D_ACT_MODULE.PackedWeight()))
+    assert ("mkldnn::_convolution_pointwise" in names) == prepacked
+
+
 def test_constant_weight_invalid_input_raises():
     """The prepacked path checks the input like conv2d_act before oneDNN sees it."""
     packed = _CONV2D_ACT_MODULE.PackedWeight()
