@@ -8,7 +8,8 @@ ShuffleNetV2 x1.0 (fastconv/_bench.py: CONV_LAYERS).
 - training forward + backward, module: fastconv's (conv + batch_norm_act) vs torchvision's (eager).
 
 GPU: batch 1/32/128, fp16 and bf16 channels_last and fp32 NCHW. CPU (2 shared cores here): batch 1 (and 32
-for the per-layer eval), fp32 NCHW. Run: pytest benches/bench_conv_bn_act.py (see README); -k mobilenet_v2.
+for the per-layer eval), fp32 NCHW, and the modules in fp32 channels_last too. Run: pytest
+benches/bench_conv_bn_act.py (see README); -k mobilenet_v2.
 """
 import pytest
 import torch
@@ -24,6 +25,9 @@ if GPU:
     CONFIGS += [(torch.float16, torch.channels_last), (torch.bfloat16, torch.channels_last)]
 BATCHES = (1, 32, 128) if GPU else (1, 32)
 MODULE_BATCHES = (1, 32, 128) if GPU else (1,)
+# The modules also in float32 channels_last on the CPU: the layout the zoo computes in there, where eval runs
+# oneDNN on prepacked weights (fastconv.ops.conv2d_act.PackedWeight).
+MODULE_CONFIGS = CONFIGS if GPU else CONFIGS + [(torch.float32, torch.channels_last)]
 
 EVAL_CASES = [
     pytest.param(case, id=case.label)
@@ -78,7 +82,7 @@ MODULE_CASES = [
     pytest.param(network, layer, batch, dtype, fmt,
                  id=f"{_bench.conv_layer_label(network, layer)} b{batch} {_bench.layout_name(fmt)} "
                     f"{_bench.dtype_name(dtype)}")
-    for dtype, fmt in CONFIGS
+    for dtype, fmt in MODULE_CONFIGS
     for network in ("mobilenet_v2", "resnet50")
     for layer in _bench.CONV_LAYERS[network]
     for batch in MODULE_BATCHES
