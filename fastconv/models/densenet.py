@@ -19,7 +19,7 @@ from torch import nn
 from fastconv.models._layout import ALWAYS
 from fastconv.models._registry import build, register_model
 from fastconv.nn.batchnorm import batch_norm_module
-from fastconv.nn.conv_norm_act import Adoptable, FoldedConvBN, conv_bn_act
+from fastconv.nn.conv_norm_act import Adoptable, ConvWeights, FoldedConvBN, conv_bn_act, conv_constant
 from fastconv.nn.sequential import FusedSequential
 
 __all__ = ["DenseNet", "densenet121", "densenet161", "densenet169", "densenet201"]
@@ -43,6 +43,7 @@ class _DenseLayer(Adoptable, nn.Module):
 
     def _init_fast_state(self):
         self._bottleneck = FoldedConvBN()
+        self._conv2 = ConvWeights()
 
     def _normalized_input(self, *features: torch.Tensor) -> torch.Tensor:
         """relu1(norm1(cat(features)))."""
@@ -59,7 +60,7 @@ class _DenseLayer(Adoptable, nn.Module):
             x = batch_norm_module(self.norm2, x, "relu")
         else:  # relu2(norm2(conv1(...))) as one call: norm2 folded into conv1 in eval
             x = conv_bn_act(self._normalized_input(*features), self.conv1, self.norm2, "relu", self._bottleneck)
-        x = self.conv2(x)
+        x = conv_constant(x, self.conv2, self._conv2)  # prepacked in CPU inference
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x
@@ -95,9 +96,13 @@ class _Transition(Adoptable, nn.Sequential):
         self.relu = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, stride=1, bias=False)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self._init_fast_state()
+
+    def _init_fast_state(self):
+        self._conv = ConvWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.pool(batch_norm_module(self.norm, x, "relu")))
+        return conv_constant(self.pool(batch_norm_module(self.norm, x, "relu")), self.conv, self._conv)
 
 
 # Old checkpoints (and torchvision's released weights) name a dense layer's modules "norm.1", "conv.2", ...

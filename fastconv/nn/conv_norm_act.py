@@ -171,6 +171,15 @@ class ConvWeights:
         return self._prepared
 
 
+def conv_constant(x: torch.Tensor, conv: nn.Conv2d, weights: ConvWeights) -> torch.Tensor:
+    """``conv(x)``; in inference, for a plain zero-padded ``nn.Conv2d`` without hooks, through conv2d_act_constant on
+    `weights` (the convolution's cache: prepacked on the CPU)."""
+    if (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and type(conv) is nn.Conv2d
+            and conv.padding_mode == "zeros" and not (conv._forward_hooks or conv._forward_pre_hooks)):
+        return conv2d_act_constant(x, *weights.prepared(conv), None, weights.packed)
+    return conv(x)
+
+
 def can_fold(conv: nn.Module, bn: Optional[nn.Module]) -> bool:
     return (
         isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(bn, nn.BatchNorm2d)

@@ -142,3 +142,27 @@ def test_runs_the_fused_ops(training):
     expected = "fastconv::batch_norm_act" if training else "fastconv::conv2d_act"
     assert expected in names, sorted(n for n in names if "fastconv" in n or "batch_norm" in n)
     assert not any(n.startswith("aten::batch_norm") or n == "aten::native_batch_norm" for n in names)
+
+
+def test_conv_constant_prepacks_in_inference_and_keeps_hooks():
+    """conv_constant (DenseNet's lone convolutions): in float32 channels_last inference it runs prepacked and equals
+    the float64 convolution, follows an in-place weight update, and leaves a convolution with hooks to its module
+    call (the hook fires)."""
+    from fastconv.nn.conv_norm_act import ConvWeights, conv_constant
+
+    torch.manual_seed(0)
+    conv, weights = nn.Conv2d(8, 6, 3, padding=1), ConvWeights()
+    x = torch.randn(2, 8, 7, 7).contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            out = conv_constant(x, conv, weights)
+        assert "mkldnn::_convolution_pointwise" in {event.name for event in profiler.events()}
+        expected = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+        torch.testing.assert_close(out.double(), expected, rtol=RTOL, atol=ATOL)
+        with torch.no_grad():
+            conv.weight.mul_(-2)
+    seen = []
+    conv.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad():
+        conv_constant(x, conv, weights)
+    assert seen == [(2, 6, 7, 7)]
