@@ -18,7 +18,8 @@ fastconv's model, NCHW time / channels_last time at batch 1 (benches/RESULTS.md)
     both layouts) these lost at batch 1 (ResNet-50 0.88x, AlexNet 0.97x, MobileNetV1 0.89x) and converted
     only from batch 4.
 So every network converts from batch 1 now.
-DeepLabV3 keeps the caller's layout: its output is a dense map, which would come back channels_last.
+DeepLabV3 computes in channels_last too (ASPP's concatenation keeps it), and its dense output maps come back in
+the caller's layout, converted at the head's resolution before the upsampling.
 The classifiers' outputs are (N, classes) logits either way.
 
 Training keeps the caller's layout: dropout draws its mask in memory order, so a channels_last run would drop

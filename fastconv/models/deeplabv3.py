@@ -42,6 +42,13 @@ class ResNetBackbone(ResNet):
         return out
 
 
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where x is channels_last and not also NCHW-contiguous (C == 1 or 1x1 maps are both)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class ASPPConv(FusedSequential):
     """An atrous branch: 3x3 convolution with dilation `rate`, BN, ReLU."""
 
@@ -59,8 +66,10 @@ class ASPPPooling(FusedSequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        # Bilinear upsampling of a 1x1 map is a broadcast: a view, materialised by ASPP's concatenation.
-        return super().forward(x).expand(-1, -1, *size)
+        # Bilinear upsampling of a 1x1 map is a broadcast. A broadcast view has no layout, and torch.cat picks NCHW
+        # when its inputs' layouts disagree: materialised in x's layout, so ASPP's concatenation (and the head
+        # after it) keep a channels_last x's layout.
+        return super().forward(x).expand(-1, -1, *size).contiguous(memory_format=_layout_of(x))
 
 
 class ASPP(nn.Module):
@@ -110,11 +119,14 @@ class DeepLabV3(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         input_shape = x.shape[-2:]
         features = self.backbone(x)
+        # The backbone may compute in channels_last (fastconv.models._layout); the maps come back in the caller's
+        # layout, converted while they are small (the upsampling keeps its input's layout).
+        layout = _layout_of(x)
         result = OrderedDict()
-        out = self.classifier(features["out"])
+        out = self.classifier(features["out"]).contiguous(memory_format=layout)
         result["out"] = F.interpolate(out, size=input_shape, mode="bilinear", align_corners=False)
         if self.aux_classifier is not None:
-            aux = self.aux_classifier(features["aux"])
+            aux = self.aux_classifier(features["aux"]).contiguous(memory_format=layout)
             result["aux"] = F.interpolate(aux, size=input_shape, mode="bilinear", align_corners=False)
         return result
 

@@ -51,3 +51,20 @@ def test_channels_last_from_a_batch_size_gives_the_nchw_outputs():
         single = torch.cat([model(x[i:i + 1]) for i in range(4)])
     rtol, atol = TOLERANCES[torch.float64]
     torch.testing.assert_close(batched, single, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_deeplabv3_computes_in_channels_last_and_returns_the_callers_layout(layout):
+    """The backbone converts to channels_last and the ASPP head keeps it (its image-level branch is a broadcast,
+    which torch.cat would otherwise turn NCHW); the dense output maps come back in the input's layout."""
+    model = models.deeplabv3_resnet50(weights_backbone=None, num_classes=3, aux_loss=True).eval()
+    seen = []
+    model.classifier[0].register_forward_hook(  # ASPP
+        lambda module, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(1, 3, 48, 40).contiguous(memory_format=layout)
+    with torch.no_grad():
+        result = model(x)
+    assert seen == [True], "ASPP should give the head a channels_last map"
+    for name in ("out", "aux"):
+        assert result[name].shape == (1, 3, 48, 40)
+        assert result[name].is_contiguous(memory_format=layout), name
