@@ -4,6 +4,7 @@ import torchvision
 
 import fastconv
 from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from tolerances import TOLERANCES
 
 
 def reference64(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation="relu", gate="sigmoid"):
@@ -190,6 +191,29 @@ def test_module_loads_torchvision_state_dict_and_matches(activation, scale_activ
 def test_module_rejects_unsupported_activations(kwargs, message):
     with pytest.raises(ValueError, match=message):
         fastconv.nn.SqueezeExcitation(8, 2, **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape, squeeze", [((1, 150, 30, 31), 10), ((1, 1024, 3, 5), 64), ((3, 40, 20, 20), 6)],
+                         ids=["pixels-split", "gate-weights-split", "batch3"])
+def test_cpu_work_split_over_threads(shape, squeeze, layout):
+    """The CPU forward's splits over two threads: channels_last with fewer samples than threads sums each
+    thread's pixels into its own slot (150 channels: a register block, a vector and a tail); gate weights of
+    64K elements or more are split over the threads. float32 against the float64 reference."""
+    sample = se_sample(shape, squeeze, "split")
+    args = sample.args
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = args[0].contiguous(memory_format=torch.channels_last) if layout == "channels_last" else args[0]
+        with fastconv.backend("cpu"):
+            out = fastconv.ops.squeeze_excite(x, *args[1:])
+    finally:
+        torch.set_num_threads(previous)
+    expected = reference64(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(out.double(), expected, rtol=rtol, atol=atol)
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
 def _invalid_cases():
