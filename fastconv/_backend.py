@@ -126,6 +126,12 @@ def why_not(name: str, device_type: str):
     return f"unknown backend {name!r}"
 
 
+def auto_choices() -> dict:
+    """The measured table's choices in force (what "auto" consults; callers that cache a resolved backend key on
+    it with get_backend())."""
+    return _AUTO_CHOICES
+
+
 def measured_choice(op: str, tensor):
     """The auto table's backend for `op` on `tensor` (its device and shape class), or None."""
     per_op = _AUTO_CHOICES.get(device_key(tensor.device), {}).get(op) if _AUTO_CHOICES else None

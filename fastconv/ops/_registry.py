@@ -59,6 +59,10 @@ class OpEntry:
     def run_backend(self, backend: str, *args):
         return _call(self.implementations[backend], self._fast_path[backend], *args)
 
+    def runs_below_autograd(self, backend: str) -> bool:
+        """Whether run_backend goes below autograd without grad mode (see _call)."""
+        return self._fast_path[backend]
+
 
 OPS: Dict[str, OpEntry] = {}
 

@@ -472,3 +472,29 @@ def test_constant_weight_invalid_input_raises():
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), pytest.raises(RuntimeError, match=message):
             _CONV2D_ACT_MODULE.conv2d_act_constant(x, w, None, *resolved, "relu", packed)
+
+
+def test_constant_weight_decides_again_when_the_call_changes():
+    """conv2d_act_constant decides its path once per kind of call and reuses it: one PackedWeight decides again when
+    the thread count or the input's strides change (ATen runs oneDNN for this 1x1 convolution on two threads, not
+    on one; a channel slice is copied dense first), and an input that does not fit still raises."""
+    w, b = torch.randn(8, 8, 1, 1) / 8**0.5, torch.randn(8)
+    resolved = resolve_conv2d_act_args(w, 1, 0, 1, 1)
+    packed = _CONV2D_ACT_MODULE.PackedWeight()
+    whole = torch.randn(1, 16, 60, 60).contiguous(memory_format=torch.channels_last)
+    rtol, atol = TOLERANCES[torch.float32]
+    previous = torch.get_num_threads()
+    try:
+        with torch.no_grad(), fastconv.backend("cpu"):
+            for threads, x, prepacked in ((1, whole[:, 8:], False), (2, whole[:, 8:], True),
+                                          (2, whole[:, :8].contiguous(memory_format=torch.channels_last), True),
+                                          (1, whole[:, :8], False)):
+                torch.set_num_threads(threads)
+                call = lambda: _CONV2D_ACT_MODULE.conv2d_act_constant(x, w, b, *resolved, "relu", packed)  # noqa
+                assert ("mkldnn::_convolution_pointwise" in _kernel_names(call)) == prepacked, (threads, x.stride())
+                torch.testing.assert_close(call().double(), reference64(x.double(), w.double(), b.double(), 1, 0, 1,
+                                                                        1, "relu"), rtol=rtol, atol=atol)
+            with pytest.raises(RuntimeError, match=r"weight.shape\[1\] \(8\) must equal input.shape\[1\] / groups"):
+                _CONV2D_ACT_MODULE.conv2d_act_constant(whole, w, b, *resolved, "relu", packed)
+    finally:
+        torch.set_num_threads(previous)
