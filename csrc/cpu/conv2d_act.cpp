@@ -9,7 +9,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/hardswish.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/hardtanh.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/zeros.h>
@@ -50,12 +52,53 @@ void activate_in_place(at::Tensor& output, Activation act) {
   }
 }
 
+// A pointwise convolution (1x1, stride 1, no padding, no groups) on a channels_last float32/float64 input is one
+// GEMM over the pixels: out[p, :] = x[p, :] W^T + b, with x read in place as a (pixels, C_in) matrix. That also
+// holds for a channel slice of a wider channels_last tensor (ShuffleNetV2's split: the rows are just further
+// apart), which ATen's convolution would first copy dense. ATen's own paths for it were slower at batch 1 on
+// every 1x1 layer of ShuffleNetV2 and MobileNetV2 measured (2 threads, AVX-512; benches/RESULTS.md): its native
+// path (small inputs) copies the bias into the output, then runs the same GEMM on a dense copy of a slice, and its
+// oneDNN path pays oneDNN's per-call setup and the weight reorder.
+bool runs_as_gemm(const at::Tensor& input, const at::Tensor& weight, const ConvGeometry& g) {
+  if (!g.pointwise() || g.groups != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_top != 0 || g.pad_bottom != 0 ||
+      g.pad_left != 0 || g.pad_right != 0 || input.numel() == 0) {
+    return false;
+  }
+  if (input.scalar_type() != at::kFloat && input.scalar_type() != at::kDouble) return false;  // MKL's s/dgemm
+  // Pixel p of the input at p * row, channel c at c: channels_last with whole rows of any stride >= C_in.
+  const int64_t row = input.stride(3);
+  return input.stride(1) == 1 && row >= g.in_channels && (g.in_w == 1 || input.stride(3) == row) &&
+         (g.in_h == 1 || input.stride(2) == g.in_w * row) && (g.batch == 1 || input.stride(0) == g.in_h * g.in_w * row) &&
+         weight.is_contiguous();
+}
+
+at::Tensor conv2d_as_gemm(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const ConvGeometry& g) {
+  const int64_t pixels = g.batch * g.in_h * g.in_w;
+  const at::Tensor rows = input.as_strided({pixels, g.in_channels}, {input.stride(3), 1});
+  const at::Tensor weight_t = weight.view({g.out_channels, g.in_channels}).t();
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                                input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor output_rows = output.as_strided({pixels, g.out_channels}, {g.out_channels, 1});
+  if (bias.has_value() && bias->defined()) {
+    at::addmm_out(output_rows, *bias, rows, weight_t);
+  } else {
+    at::mm_out(output_rows, rows, weight_t);
+  }
+  return output;
+}
+
 at::Tensor conv2d_act_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           std::optional<std::string_view> activation) {
   const Activation act = parse_activation(activation, "conv2d_act");
   const ConvGeometry g = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups);
   const at::MemoryFormat format = conv2d_act_memory_format(input);
+  if (format == at::MemoryFormat::ChannelsLast && runs_as_gemm(input, weight, g)) {
+    at::Tensor output = conv2d_as_gemm(input, weight, bias, g);
+    activate_in_place(output, act);
+    return output;
+  }
   // ATen takes a convolution's layout from the input or the weight; hand it the weight in the input's
   // layout (a no-op normally; a small copy of the weight otherwise) so the output keeps the input's.
   at::Tensor output = with_memory_format(aten_convolution(input, weight.contiguous(format), bias, g), format);

@@ -154,12 +154,28 @@ def _aten_uses_onednn(input, weight, stride, dilation, groups) -> bool:
             and (groups > 1 or (kh > 3 and kw > 3) or n > 1 or n * c * h * w > 20480))
 
 
+# The CPU kernel runs a pointwise convolution on channels_last float input as one GEMM over the pixels
+# (csrc/cpu/conv2d_act.cpp). Up to this many multiply-adds that beat oneDNN's call on a prepacked weight, whose
+# setup is a fixed ~25 us; above it oneDNN won. Measured at batch 1 on this project's AVX-512 host, prepacked
+# time / GEMM time, 2 threads (1 thread): ShuffleNetV2's 1x1 layers at 0.45M-2.6M multiply-adds 1.3-2.4
+# (1.4-2.2); MobileNetV2's at 4.8M 0.95-1.35 (0.99-1.3), at 7.5M-11M 0.86-1.11 (0.65-1.07); ResNet-50's (26M and
+# up) 0.55-0.9.
+_GEMM_MAX_MACS = 1 << 22
+
+
+def _small_pointwise(input, weight, stride, padding, groups) -> bool:
+    """A 1x1 convolution the CPU kernel runs as a GEMM, at most _GEMM_MAX_MACS multiply-adds."""
+    return (weight.shape[2] == 1 and weight.shape[3] == 1 and groups == 1 and stride[0] == 1 and stride[1] == 1
+            and not any(padding) and input.numel() * weight.shape[0] <= _GEMM_MAX_MACS)
+
+
 def _prepackable(input, weight, stride, padding, dilation, groups) -> bool:
     """Whether the CPU backend runs this call on a prepacked weight (see PackedWeight)."""
     return (input.dtype == torch.float32 and input.dim() == 4 and input.device.type == "cpu"
             and padding[0] == padding[1] and padding[2] == padding[3] and _memory_format(input) == torch.channels_last
             and torch._C._get_mkldnn_enabled() and torch.backends.mkldnn.is_available()
             and not _routes_to_depthwise("cpu", input, weight, groups)
+            and not _small_pointwise(input, weight, stride, padding, groups)
             and _aten_uses_onednn(input, weight, tuple(stride), tuple(dilation), groups))
 
 

@@ -447,11 +447,12 @@ def test_constant_weight_channel_slice_input():
     ((1, 8, 4, 4), 5, 1, 1, True),  # a kernel above 3x3
     ((1, 8, 4, 4), 3, 2, 1, True),  # groups
     ((1, 8, 60, 60), 1, 1, 1, False),  # 1x1 on one thread: native (a GEMM)
-    ((1, 8, 60, 60), 1, 1, 2, True),  # ... on two: oneDNN
+    ((1, 8, 60, 60), 1, 1, 2, False),  # ... on two ATen runs oneDNN, but 230K multiply-adds: the kernel's GEMM
+    ((1, 8, 260, 260), 1, 1, 2, True),  # 4.3M multiply-adds (above _GEMM_MAX_MACS): oneDNN
 ])
 def test_constant_weight_prepacks_where_aten_runs_onednn(shape, kernel, groups, threads, prepacked):
     """The prepacked path takes the calls ATen's convolution would give oneDNN, and leaves the small ones, where
-    oneDNN's per-call setup outweighs the convolution, to ATen."""
+    oneDNN's per-call setup outweighs the convolution, to ATen or, for 1x1, to the kernel's GEMM."""
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
     w = torch.randn(8, 8 // groups, kernel, kernel)
     resolved = resolve_conv2d_act_args(w, 1, kernel // 2, 1, groups)
@@ -481,7 +482,8 @@ def test_constant_weight_decides_again_when_the_call_changes():
     w, b = torch.randn(8, 8, 1, 1) / 8**0.5, torch.randn(8)
     resolved = resolve_conv2d_act_args(w, 1, 0, 1, 1)
     packed = _CONV2D_ACT_MODULE.PackedWeight()
-    whole = torch.randn(1, 16, 60, 60).contiguous(memory_format=torch.channels_last)
+    # 4.3M multiply-adds: above the kernel's GEMM rule (_GEMM_MAX_MACS), so ATen's use_mkldnn decides
+    whole = torch.randn(1, 16, 260, 260).contiguous(memory_format=torch.channels_last)
     rtol, atol = TOLERANCES[torch.float32]
     previous = torch.get_num_threads()
     try:
@@ -498,3 +500,29 @@ def test_constant_weight_decides_again_when_the_call_changes():
                 _CONV2D_ACT_MODULE.conv2d_act_constant(whole, w, b, *resolved, "relu", packed)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("view", ["dense", "channel-slice", "batch-1-slice"])
+def test_cpu_pointwise_channels_last_runs_as_one_gemm(view, bias, dtype):
+    """The CPU kernel runs a 1x1 convolution on channels_last input as one GEMM over the pixels, reading a channel
+    slice of a wider tensor in place (no ATen convolution, no copy of the input), against float64."""
+    batch = 1 if view == "batch-1-slice" else 3
+    whole = torch.randn(batch, 20, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = whole[:, :12] if view == "dense" else whole[:, 8:]
+    if view == "dense":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(9, 12, 1, 1, dtype=dtype) / 12**0.5
+    b = torch.randn(9, dtype=dtype) if bias else None
+    with torch.no_grad(), fastconv.backend("cpu"):
+        call = lambda: fastconv.ops.conv2d_act(x, w, b, activation="relu6")  # noqa: E731
+        names = _kernel_names(call)
+        out = call()
+    # (addmm itself copies the bias into its output first: a copy_, but of the bias)
+    assert not any(n in names for n in ("aten::convolution", "aten::clone", "aten::contiguous")), names
+    assert ("aten::addmm" if bias else "aten::mm") in names, names
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    want = reference64(x.double(), w.double(), None if b is None else b.double(), 1, 0, 1, 1, "relu6")
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
