@@ -58,10 +58,14 @@ void activate_in_place(at::Tensor& output, Activation act) {
 // apart), which ATen's convolution would first copy dense. ATen's own paths for it were slower at batch 1 on
 // every 1x1 layer of ShuffleNetV2 and MobileNetV2 measured (2 threads, AVX-512; benches/RESULTS.md): its native
 // path (small inputs) copies the bias into the output, then runs the same GEMM on a dense copy of a slice, and its
-// oneDNN path pays oneDNN's per-call setup and the weight reorder.
+// oneDNN path pays oneDNN's per-call setup and the weight reorder. Larger ones (batch 32: 0.79-0.93x of ATen's
+// oneDNN convolution + ReLU from 14M multiply-adds up) stay with ATen: up to kGemmMaxMacs multiply-adds, the
+// bound fastconv/ops/conv2d_act.py's _GEMM_MAX_MACS mirrors (above it, inference prepacks for oneDNN instead).
+constexpr int64_t kGemmMaxMacs = int64_t(1) << 22;
+
 bool runs_as_gemm(const at::Tensor& input, const at::Tensor& weight, const ConvGeometry& g) {
   if (!g.pointwise() || g.groups != 1 || g.stride_h != 1 || g.stride_w != 1 || g.pad_top != 0 || g.pad_bottom != 0 ||
-      g.pad_left != 0 || g.pad_right != 0 || input.numel() == 0) {
+      g.pad_left != 0 || g.pad_right != 0 || input.numel() == 0 || input.numel() * g.out_channels > kGemmMaxMacs) {
     return false;
   }
   if (input.scalar_type() != at::kFloat && input.scalar_type() != at::kDouble) return false;  // MKL's s/dgemm

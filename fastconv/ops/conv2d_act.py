@@ -159,7 +159,7 @@ def _aten_uses_onednn(input, weight, stride, dilation, groups) -> bool:
 # setup is a fixed ~25 us; above it oneDNN won. Measured at batch 1 on this project's AVX-512 host, prepacked
 # time / GEMM time, 2 threads (1 thread): ShuffleNetV2's 1x1 layers at 0.45M-2.6M multiply-adds 1.3-2.4
 # (1.4-2.2); MobileNetV2's at 4.8M 0.95-1.35 (0.99-1.3), at 7.5M-11M 0.86-1.11 (0.65-1.07); ResNet-50's (26M and
-# up) 0.55-0.9.
+# up) 0.55-0.9. The kernel itself keeps to the same bound (csrc/cpu/conv2d_act.cpp: kGemmMaxMacs).
 _GEMM_MAX_MACS = 1 << 22
 
 

@@ -526,3 +526,19 @@ def test_cpu_pointwise_channels_last_runs_as_one_gemm(view, bias, dtype):
     want = reference64(x.double(), w.double(), None if b is None else b.double(), 1, 0, 1, 1, "relu6")
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("width, gemm", [(1024, True), (1025, False)])
+def test_cpu_pointwise_gemm_keeps_to_its_bound(width, gemm):
+    """The kernel's GEMM takes 1x1 convolutions of up to 2^22 multiply-adds (kGemmMaxMacs, mirrored by
+    _GEMM_MAX_MACS), and leaves larger ones to ATen's convolution."""
+    assert _CONV2D_ACT_MODULE._GEMM_MAX_MACS == 1 << 22
+    x = torch.randn(1, 64, 1, width).contiguous(memory_format=torch.channels_last)  # 64 * width * 64 MACs
+    w, b = torch.randn(64, 64, 1, 1) / 8, torch.randn(64)
+    with torch.no_grad(), fastconv.backend("cpu"):
+        names = _kernel_names(lambda: fastconv.ops.conv2d_act(x, w, b, activation="relu"))
+        out = fastconv.ops.conv2d_act(x, w, b, activation="relu")
+    assert ("aten::convolution" not in names) == gemm
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(out.double(), reference64(x.double(), w.double(), b.double(), 1, 0, 1, 1, "relu"),
+                               rtol=rtol, atol=atol)
