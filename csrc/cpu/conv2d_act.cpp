@@ -71,9 +71,8 @@ bool runs_as_gemm(const at::Tensor& input, const at::Tensor& weight, const ConvG
   if (input.scalar_type() != at::kFloat && input.scalar_type() != at::kDouble) return false;  // MKL's s/dgemm
   // Pixel p of the input at p * row, channel c at c: channels_last with whole rows of any stride >= C_in.
   const int64_t row = input.stride(3);
-  return input.stride(1) == 1 && row >= g.in_channels && (g.in_w == 1 || input.stride(3) == row) &&
-         (g.in_h == 1 || input.stride(2) == g.in_w * row) && (g.batch == 1 || input.stride(0) == g.in_h * g.in_w * row) &&
-         weight.is_contiguous();
+  return input.stride(1) == 1 && row >= g.in_channels && (g.in_h == 1 || input.stride(2) == g.in_w * row) &&
+         (g.batch == 1 || input.stride(0) == g.in_h * g.in_w * row) && weight.is_contiguous();
 }
 
 at::Tensor conv2d_as_gemm(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
