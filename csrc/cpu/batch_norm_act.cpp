@@ -26,6 +26,21 @@ namespace {
 #define FASTCONV_ISA_KERNELS "cpu/batch_norm_act_kernels.inc"
 #include "fastconv/cpu_isa_kernels.h"
 
+// The distance between pixel rows when `input` is a channels_last view of whole rows of a wider channels_last
+// tensor (a channel slice: DenseNet's growing feature buffer, of which each layer normalises a channel prefix)
+// and `output` (from empty_like_layout) is dense channels_last; 0 otherwise.
+int64_t wider_channels_last_rows(const at::Tensor& input, const at::Tensor& output) {
+  if (input.dim() != 4 || input.numel() == 0 || input.size(1) < 2 || output.stride(1) != 1 || input.stride(1) != 1) {
+    return 0;
+  }
+  const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
+  // The step from one pixel to the next in (n, h, w) order (a size-1 dimension's stride is arbitrary).
+  const int64_t row = w > 1 ? input.stride(3) : h > 1 ? input.stride(2) : n > 1 ? input.stride(0) : 0;
+  const bool rows = row > input.size(1) && (h == 1 || input.stride(2) == w * row) &&
+                    (n == 1 || input.stride(0) == h * w * row);
+  return rows ? row : 0;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_cpu(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
@@ -37,9 +52,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_cpu(
   const int64_t channels = input.size(1);
   at::Tensor save_mean = at::empty({channels}, stat_options);
   at::Tensor save_invstd = at::empty({channels}, stat_options);
-  // A non-dense input is copied once so that input and output share strides (not the hot path).
-  const at::Tensor x = dense_like(input, output);
-  const BatchNormGeometry g = batch_norm_geometry(x);
+  // A non-dense input is copied once so that input and output share strides (not the hot path), except, in eval,
+  // a channels_last view of whole pixel rows of a wider tensor, which the apply pass reads in place.
+  const int64_t row_stride = training ? 0 : wider_channels_last_rows(input, output);
+  const at::Tensor x = row_stride > 0 ? input : dense_like(input, output);
+  const BatchNormGeometry g = batch_norm_geometry(row_stride > 0 ? output : x);
   if (training) {
     if (output.numel() == 0) {  // F.batch_norm: empty output, running statistics untouched
       save_mean.zero_();
@@ -61,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_cpu(
   // y = x * scale + shift with scale = w * invstd, shift = b - mean * scale.
   const at::Tensor scale = channel_param_or(weight, input, 1.0) * save_invstd;
   const at::Tensor shift = channel_param_or(bias, input, 0.0) - save_mean * scale;
-  FASTCONV_ISA_CALL(apply_forward_into(x, output, scale, shift, act, g));
+  FASTCONV_ISA_CALL(apply_forward_into(x, output, scale, shift, act, g, row_stride > 0 ? row_stride : channels));
   return {output, save_mean, save_invstd};
 }
 

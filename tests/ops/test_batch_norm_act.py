@@ -410,3 +410,28 @@ def test_fold_bn_invalid():
         fastconv.nn.fold_bn(conv, torch.nn.BatchNorm2d(8, track_running_stats=False))
     with pytest.raises(TypeError, match="conv must be a torch.nn.Conv2d"):
         fastconv.nn.fold_bn(torch.nn.Linear(4, 8), torch.nn.BatchNorm2d(8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape, channels", [((2, 20, 5, 7), 13), ((1, 33, 4, 1), 17), ((3, 9, 1, 1), 4)],
+                         ids=["batch2", "batch1-width1", "1x1-maps"])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_cpu_eval_reads_a_channel_prefix_of_a_wider_channels_last_tensor(shape, channels, dtype, activation):
+    """Eval on the CPU reads a channels_last channel slice (DenseNet's block buffer: each layer normalises a prefix
+    of it) in place, row by row, with no copy of the input, and writes a dense channels_last output; against
+    float64. Training still works on such a view (it copies it dense first)."""
+    whole = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    whole[:, channels:] = float("nan")  # never read
+    x = whole[:, :channels]
+    args = make_args(x.shape, dtype=dtype, training=False, activation=activation)
+    args[0] = x
+    with fastconv.backend("cpu"), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                         record_shapes=True) as prof:
+        fastconv.ops.batch_norm_act(*args)
+    copies = [e.input_shapes for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+    assert not any(list(x.shape) in shapes for shapes in copies), copies  # (the running statistics are copied)
+    check_against_reference("cpu", args, dtype)
+    assert fastconv.ops.batch_norm_act(*args).is_contiguous(memory_format=torch.channels_last) or channels == 1
+    train_args = make_args(x.shape, dtype=dtype, training=True, activation=activation)
+    train_args[0] = x
+    check_against_reference("cpu", train_args, dtype)
