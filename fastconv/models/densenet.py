@@ -4,7 +4,8 @@ memory-efficient variant (Pleiss et al.: "Memory-Efficient Implementation of Den
 concatenation and bottleneck in the backward pass.
 
 Pre-activation BN-ReLU pairs run as one pass (fastconv.ops.batch_norm_act); in eval each layer's 1x1
-bottleneck convolution absorbs the BN that follows it (norm2), with the ReLU in its epilogue. A transition
+bottleneck convolution absorbs the BN that follows it (norm2), with the ReLU in its epilogue, and each dense
+block writes its layers' maps into one preallocated output instead of concatenating them per layer. A transition
 average-pools before its 1x1 convolution instead of after (both are linear and commute): 4x fewer FLOPs.
 """
 import re
@@ -46,8 +47,8 @@ class _DenseLayer(Adoptable, nn.Module):
         self._conv2 = ConvWeights()
 
     def _normalized_input(self, *features: torch.Tensor) -> torch.Tensor:
-        """relu1(norm1(cat(features)))."""
-        return batch_norm_module(self.norm1, torch.cat(features, 1), "relu")
+        """relu1(norm1(cat(features))); one tensor is taken as it is (the block's buffer in inference)."""
+        return batch_norm_module(self.norm1, features[0] if len(features) == 1 else torch.cat(features, 1), "relu")
 
     def _bottleneck_output(self, *features: torch.Tensor) -> torch.Tensor:
         """conv1(relu1(norm1(cat(features)))): what the memory-efficient variant recomputes in backward."""
@@ -80,10 +81,32 @@ class _DenseBlock(nn.ModuleDict):
             self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
+        layers = list(self.values())
+        if (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and all(type(layer) is _DenseLayer for layer in layers)):
+            return self._forward_into_buffer(init_features, layers)
         features = [init_features]
-        for layer in self.values():
+        for layer in layers:
             features.append(layer(features))
         return torch.cat(features, 1)
+
+    @staticmethod
+    def _forward_into_buffer(x: torch.Tensor, layers: List["_DenseLayer"]) -> torch.Tensor:
+        """Inference: the block's output is allocated once and each layer writes its new maps into it, reading
+        the channels before them as a view: no concatenation per layer (each copies every earlier map: the
+        block's traffic grows with the square of its depth). In channels_last the view's pixels are rows of the
+        whole buffer, which norm1's BN-ReLU pass reads in place (fastconv.ops.batch_norm_act on the CPU)."""
+        channels = x.shape[1]
+        total = channels + sum(layer.conv2.out_channels for layer in layers)
+        layout = (torch.channels_last if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)
+        out = torch.empty((x.shape[0], total, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout)
+        out[:, :channels].copy_(x)
+        for layer in layers:
+            new = layer(out[:, :channels])
+            out[:, channels:channels + new.shape[1]].copy_(new)
+            channels += new.shape[1]
+        return out
 
 
 class _Transition(Adoptable, nn.Sequential):

@@ -212,3 +212,19 @@ def test_compile_fullgraph_mobilenet_v2():
         compiled = torch.compile(model, fullgraph=True)
         rtol, atol = TOLERANCES[torch.float32]
         torch.testing.assert_close(compiled(x), model(x), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_densenet_inference_fills_one_buffer_per_block(layout):
+    """In inference a dense block allocates its output once and each layer writes its maps into it (no torch.cat);
+    the result equals the concatenating path (grad mode on), float64."""
+    model = models.densenet121(num_classes=10).double().eval()
+    block = model.features.denseblock1
+    x = torch.randn(2, 64, 9, 11, dtype=torch.float64).contiguous(memory_format=layout)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler, torch.no_grad():
+        buffered = block(x)
+    assert "aten::cat" not in {event.name for event in profiler.events()}
+    assert buffered.is_contiguous(memory_format=layout)
+    concatenated = block(x).detach()  # grad mode: the layers' lists of maps, concatenated
+    rtol, atol = TOLERANCES[torch.float64]
+    torch.testing.assert_close(buffered, concatenated, rtol=rtol, atol=atol)
