@@ -35,11 +35,14 @@ from fastconv.ops.depthwise_conv2d import _activation_derivative
 _PairOrInt = Union[int, Sequence[int]]
 
 # Backends whose depthwise configurations run through depthwise_conv2d's kernels: always on CUDA and Triton; on
-# the CPU for channels_last input, where its kernel beats oneDNN's on every MobileNetV2 layer at batch 1, and for
-# NCHW input where the CPU kernels run their AVX-512 variant (its row and channel-blocked paths: 1.1-1.9x oneDNN
-# on every MobileNetV2 layer; with AVX2, oneDNN stays faster on the two large stride-1 layers, so NCHW keeps
-# oneDNN there; benches/RESULTS.md).
+# the CPU for channels_last input up to batch _CPU_CHANNELS_LAST_DEPTHWISE_MAX_BATCH, and for NCHW input where the
+# CPU kernels run their AVX-512 variant (its row and channel-blocked paths: 1.1-1.9x oneDNN on every MobileNetV2
+# layer; with AVX2, oneDNN stays faster on the two large stride-1 layers, so NCHW keeps oneDNN there;
+# benches/RESULTS.md). channels_last, fused ReLU6, against oneDNN on a prepacked weight with the same post-op,
+# summed over MobileNetV2's depthwise layers (2 threads; 1 thread): batch 1 1.37x (1.28x), 2 1.08x, 4 1.09x
+# (0.97x), 8 1.00x, 16 0.86x, 32 0.89x (0.83x). In NCHW the kernel stays 2.2-2.5x ahead up to batch 32.
 _DEPTHWISE_ROUTED = ("cuda", "triton")
+_CPU_CHANNELS_LAST_DEPTHWISE_MAX_BATCH = 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,8 +55,13 @@ def _cpu_nchw_depthwise_routed() -> bool:
 def _routes_to_depthwise(backend, input, weight, groups):
     if not _is_depthwise(input, weight, groups):
         return False
-    return backend in _DEPTHWISE_ROUTED or (backend == "cpu" and (
-        _cpu_nchw_depthwise_routed() or _memory_format(input) == torch.channels_last))
+    if backend in _DEPTHWISE_ROUTED:
+        return True
+    if backend != "cpu":
+        return False
+    if _memory_format(input) == torch.channels_last:
+        return input.shape[0] <= _CPU_CHANNELS_LAST_DEPTHWISE_MAX_BATCH
+    return _cpu_nchw_depthwise_routed()
 
 
 def conv2d_act(

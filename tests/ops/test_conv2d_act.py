@@ -213,11 +213,16 @@ def test_depthwise_configurations_route_to_depthwise_conv2d(backend, device, mon
     torch.testing.assert_close(out, F.conv2d(x, w, None, 1, 1, 1, 4).relu(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout, isa, routed", [("channels_last", "avx2", True), ("contiguous", "avx2", False),
-                                                 ("channels_last", "avx512", True), ("contiguous", "avx512", True)])
-def test_cpu_routes_depthwise_to_depthwise_conv2d(layout, isa, routed, monkeypatch):
-    """On the CPU, channels_last depthwise configurations take depthwise_conv2d's kernel, and NCHW ones when the CPU
-    kernels run their AVX-512 variant (with AVX2, NCHW runs oneDNN's)."""
+@pytest.mark.parametrize("layout, isa, batch, routed", [
+    ("channels_last", "avx2", 1, True), ("contiguous", "avx2", 1, False),
+    ("channels_last", "avx512", 1, True), ("contiguous", "avx512", 1, True),
+    ("channels_last", "avx512", 4, True), ("channels_last", "avx512", 5, False), ("channels_last", "avx2", 5, False),
+    ("contiguous", "avx512", 5, True),
+])
+def test_cpu_routes_depthwise_to_depthwise_conv2d(layout, isa, batch, routed, monkeypatch):
+    """On the CPU, channels_last depthwise configurations up to batch 4 take depthwise_conv2d's kernel (oneDNN's is
+    faster on larger batches), and NCHW ones when the CPU kernels run their AVX-512 variant (with AVX2, NCHW runs
+    oneDNN's)."""
     module = sys.modules["fastconv.ops.conv2d_act"]
     monkeypatch.setattr(module, "_cpu_nchw_depthwise_routed", lambda: isa == "avx512")
     calls = []
@@ -226,7 +231,8 @@ def test_cpu_routes_depthwise_to_depthwise_conv2d(layout, isa, routed, monkeypat
     implementations["cpu"] = lambda *args: calls.append(args) or original(*args)
     monkeypatch.setattr(module._DEPTHWISE_OP, "implementations", implementations)
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x, w, b = torch.randn(1, 4, 6, 6).contiguous(memory_format=memory_format), torch.randn(4, 1, 3, 3), torch.randn(4)
+    x = torch.randn(batch, 4, 6, 6).contiguous(memory_format=memory_format)
+    w, b = torch.randn(4, 1, 3, 3), torch.randn(4)
     with fastconv.backend("cpu"):
         out = fastconv.ops.conv2d_act(x, w, b, 2, 1, 1, 4, "relu6")
     assert len(calls) == int(routed)
