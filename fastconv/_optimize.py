@@ -40,6 +40,7 @@ def _swaps():
         tv_inception.BasicConv2d: _blocks.BasicConv2d,
         tv_densenet.DenseNet: densenet.DenseNet,
         tv_densenet._DenseLayer: densenet._DenseLayer,
+        tv_densenet._DenseBlock: densenet._DenseBlock,
         tv_densenet._Transition: densenet._Transition,
     }
 

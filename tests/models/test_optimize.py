@@ -18,7 +18,7 @@ MODELS = {
     "vgg11_bn": {"VGG"},
     "googlenet": {"BasicConv2d"},
     "inception_v3": {"BasicConv2d"},
-    "densenet121": {"DenseNet", "_DenseLayer", "_Transition"},
+    "densenet121": {"DenseNet", "_DenseBlock", "_DenseLayer", "_Transition"},
     "mobilenet_v3_large": {"Conv2dNormActivation", "InvertedResidual", "SqueezeExcitation"},
 }
 
