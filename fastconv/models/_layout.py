@@ -36,6 +36,14 @@ def wants_channels_last(x) -> bool:
             and x.device.type in CHANNELS_LAST_DEVICES)
 
 
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where a 4-D x is channels_last and not also NCHW-contiguous (C == 1 or 1x1 maps are both),
+    else contiguous_format: the layout to give a tensor built from x (DeepLabV3's outputs, DenseNet's buffers)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 # The smallest batch from which a network computes in channels_last (see the module docstring).
 ALWAYS = 1
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights
 
+from fastconv.models._layout import layout_of
 from fastconv.models._registry import build, is_checkpoint_path, register_model
 from fastconv.models.resnet import ResNet, resnet50
 from fastconv.nn.sequential import FusedSequential
@@ -42,13 +43,6 @@ class ResNetBackbone(ResNet):
         return out
 
 
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    """channels_last where x is channels_last and not also NCHW-contiguous (C == 1 or 1x1 maps are both)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 class ASPPConv(FusedSequential):
     """An atrous branch: 3x3 convolution with dilation `rate`, BN, ReLU."""
 
@@ -69,7 +63,7 @@ class ASPPPooling(FusedSequential):
         # Bilinear upsampling of a 1x1 map is a broadcast. A broadcast view has no layout, and torch.cat picks NCHW
         # when its inputs' layouts disagree: materialised in x's layout, so ASPP's concatenation (and the head
         # after it) keep a channels_last x's layout.
-        return super().forward(x).expand(-1, -1, *size).contiguous(memory_format=_layout_of(x))
+        return super().forward(x).expand(-1, -1, *size).contiguous(memory_format=layout_of(x))
 
 
 class ASPP(nn.Module):
@@ -121,7 +115,7 @@ class DeepLabV3(nn.Module):
         features = self.backbone(x)
         # The backbone may compute in channels_last (fastconv.models._layout); the maps come back in the caller's
         # layout, converted while they are small (the upsampling keeps its input's layout).
-        layout = _layout_of(x)
+        layout = layout_of(x)
         result = OrderedDict()
         out = self.classifier(features["out"]).contiguous(memory_format=layout)
         result["out"] = F.interpolate(out, size=input_shape, mode="bilinear", align_corners=False)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
 
-from fastconv.models._layout import ALWAYS
+from fastconv.models._layout import ALWAYS, layout_of
 from fastconv.models._registry import build, register_model
 from fastconv.nn.batchnorm import batch_norm_module
 from fastconv.nn.conv_norm_act import Adoptable, ConvWeights, FoldedConvBN, conv_bn_act, conv_constant
@@ -98,9 +98,8 @@ class _DenseBlock(nn.ModuleDict):
         whole buffer, which norm1's BN-ReLU pass reads in place (fastconv.ops.batch_norm_act on the CPU)."""
         channels = x.shape[1]
         total = channels + sum(layer.conv2.out_channels for layer in layers)
-        layout = (torch.channels_last if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-                  else torch.contiguous_format)
-        out = torch.empty((x.shape[0], total, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout)
+        out = torch.empty((x.shape[0], total, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                          memory_format=layout_of(x))
         out[:, :channels].copy_(x)
         for layer in layers:
             new = layer(out[:, :channels])

@@ -59,9 +59,17 @@ class OpEntry:
     def run_backend(self, backend: str, *args):
         return _call(self.implementations[backend], self._fast_path[backend], *args)
 
-    def runs_below_autograd(self, backend: str) -> bool:
-        """Whether run_backend goes below autograd without grad mode (see _call)."""
-        return self._fast_path[backend]
+    def runner(self, backend: str, *args) -> Callable:
+        """A function of the main input: what run_backend(backend, input, *args) does without grad mode, with its
+        choice made once (for callers that hold the other arguments constant and run without grad mode)."""
+        implementation = self.implementations[backend]
+        if not self._fast_path[backend]:
+            return lambda input: implementation(input, *args)
+
+        def below_autograd(input):
+            with torch._C._AutoDispatchBelowAutograd():
+                return implementation(input, *args)
+        return below_autograd
 
 
 OPS: Dict[str, OpEntry] = {}

@@ -219,19 +219,10 @@ def _constant_call(input, weight, bias, stride, padding, dilation, groups, activ
         if input.is_contiguous(memory_format=torch.channels_last):
             return lambda x: op(x, *args)
         return lambda x: op(x.contiguous(memory_format=torch.channels_last), *args)
-    if _routes_to_depthwise(backend, input, weight, groups):
+    if _routes_to_depthwise(backend, input, weight, groups):  # (as _run, with the checks run once here)
         check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation)
-        entry, args = _DEPTHWISE_OP, (weight, bias, stride, padding, dilation, activation)
-    else:
-        entry, args = _OP, (weight, bias, stride, padding, dilation, groups, activation)
-    implementation = entry.implementations[backend]
-    if not entry.runs_below_autograd(backend):
-        return lambda x: implementation(x, *args)
-
-    def below_autograd(x):  # what OpEntry.run_backend does without grad mode, minus its checks
-        with torch._C._AutoDispatchBelowAutograd():
-            return implementation(x, *args)
-    return below_autograd
+        return _DEPTHWISE_OP.runner(backend, weight, bias, stride, padding, dilation, activation)
+    return _OP.runner(backend, weight, bias, stride, padding, dilation, groups, activation)
 
 
 def _is_depthwise(input, weight, groups):
