@@ -100,7 +100,7 @@ class BuildExtension(cpp_extension.BuildExtension):
 
 def extension():
     with_cuda = want_cuda()
-    sources = ["csrc/fastconv.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/fastconv.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # torch sets the C++ standard it needs (C++20 for 2.14). at::parallel_for is an inline OpenMP pragma:
     # without -fopenmp it silently runs on one thread. libgomp.so.1 resolves to the one torch loaded.
     cxx = ["-O3", "-fopenmp"]

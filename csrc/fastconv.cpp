@@ -1,6 +1,7 @@
 // The one schema registry of fastconv: every C++-backed op is defined here, and only here.
 // Kernels register themselves per device in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu
-// (TORCH_LIBRARY_IMPL); fake kernels and autograd are registered from Python beside each wrapper.
+// (TORCH_LIBRARY_IMPL); the forward ops' autograd in csrc/autograd.cpp; fake kernels and the backward ops'
+// autograd (the double backward) from Python beside each wrapper.
 #include <Python.h>
 
 #if __has_include(<torch/headeronly/version.h>)

@@ -21,6 +21,8 @@ GPU = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if GPU else [])
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
+# The C++ ops' autograd (csrc/autograd.cpp) is one code for both devices; float64 runs on the CPU kernels.
+CPP_BACKENDS = [pytest.param("cpu", "cpu", id="cpu-cpu")]
 
 
 def runnable(op_name):
@@ -162,6 +164,29 @@ class OpHarness:
         assert torch.autograd.gradcheck(fn, inputs, fast_mode=fast_mode)
         if gradgrad:
             assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=fast_mode)
+
+    def check_grad_subsets(self, sample: Sample, backend, device):
+        """Gradients when only some differentiable arguments take part, in float64 against the reference: each
+        subset alone requiring grad, and each subset asked of torch.autograd.grad while all require grad. The
+        backward maps the graph's edges (the tensor arguments that are given) to arguments and skips the
+        gradients nobody asked for; an off-by-one there (an optional tensor left out before it) gives a
+        gradient to the wrong argument, or none."""
+        positions = sample.grad
+        subsets = [tuple(p for bit, p in enumerate(positions) if mask >> bit & 1) for mask in range(1, 1 << len(positions))]
+        for subset in subsets:
+            for all_require_grad in (False, True):
+                args = list(sample.materialize(device, torch.float64))
+                for position in positions if all_require_grad else subset:
+                    args[position] = args[position].detach().requires_grad_(True)
+                out = self.run(backend, args)
+                grad_out = torch.randn_like(out)
+                got = torch.autograd.grad(out, [args[p] for p in subset], grad_out)
+                args64 = [a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+                want = torch.autograd.grad(self.reference64(*args64), [args64[p] for p in subset], grad_out)
+                rtol, atol = tolerance(torch.float64, self.exact)
+                for position, g, w in zip(subset, got, want):
+                    torch.testing.assert_close(g, w, rtol=rtol, atol=atol,
+                                               msg=lambda m: f"subset {subset} ({all_require_grad=}), arg {position}: {m}")
 
     def custom_op(self, backend):
         impl = fastconv.ops.OPS[self.name].implementations[backend]

@@ -171,7 +171,8 @@ def _register_autograd_of_mutating_op(qualname, backward, setup_context):
     """torch.library.register_autograd refuses ops that mutate an input (here the running statistics), even
     though the mutated inputs are never differentiated. Register the same generated autograd kernel it would,
     plus the version-counter bump of mutated inputs that torch.library.custom_op registers for mutating ops
-    (ADInplaceOrView), so both the C++ op and the Triton custom op behave alike."""
+    (ADInplaceOrView), so the Triton op behaves as the C++ op (whose kernels for both keys are in
+    csrc/autograd.cpp)."""
     from torch._library import autograd as library_autograd, utils as library_utils
 
     op = library_utils.lookup_op(qualname)
@@ -192,9 +193,7 @@ def _register_autograd_of_mutating_op(qualname, backward, setup_context):
     return library
 
 
-_AUTOGRAD_LIBRARY = _register_autograd_of_mutating_op(
-    "fastconv::batch_norm_act", _make_backward(torch.ops.fastconv._batch_norm_act_backward), _setup_context
-)
+# The forward op's autograd is C++ (csrc/autograd.cpp); the backward op's, its double backward, is this.
 torch.library.register_autograd("fastconv::_batch_norm_act_backward", _backward_grad, setup_context=_setup_backward)
 
 

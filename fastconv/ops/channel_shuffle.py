@@ -40,16 +40,12 @@ def _save_groups(ctx, inputs, output):
     ctx.groups = inputs[1]
 
 
-def _channel_shuffle_grad(ctx, grad_output):
-    return torch.ops.fastconv._channel_shuffle_backward(grad_output, ctx.groups), None
-
-
 def _channel_shuffle_backward_grad(ctx, grad_grad):
     # The backward is itself a permutation; its derivative is the forward shuffle (double backward).
     return torch.ops.fastconv.channel_shuffle(grad_grad, ctx.groups), None
 
 
-torch.library.register_autograd("fastconv::channel_shuffle", _channel_shuffle_grad, setup_context=_save_groups)
+# The forward op's autograd is C++ (csrc/autograd.cpp); the backward op's, its double backward, is this.
 torch.library.register_autograd(
     "fastconv::_channel_shuffle_backward", _channel_shuffle_backward_grad, setup_context=_save_groups
 )

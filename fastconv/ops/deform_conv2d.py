@@ -99,7 +99,8 @@ torch.library.register_fake("fastconv::deform_conv2d")(_forward_fake)
 torch.library.register_fake("fastconv::_deform_conv2d_backward")(_backward_fake)
 
 
-# --- autograd (shared by the C++ and the Triton ops; `backward_op` is the matching backward op) -------------
+# --- autograd of the Triton op (the C++ op's forward is in csrc/autograd.cpp, the same contract) and of both
+# backward ops (the double backward) ----------------------------------------------------------------------------
 def _setup_forward(ctx, inputs, output):
     del output
     input, offset, weight, bias, stride, padding, dilation, mask = inputs
@@ -150,11 +151,7 @@ def _backward_grad(ctx, *grad_grads):
     return (result[0], result[1], result[2], result[3], d_mask, None, None, None, None)
 
 
-torch.library.register_autograd(
-    "fastconv::deform_conv2d",
-    _make_forward_grad(torch.ops.fastconv._deform_conv2d_backward),
-    setup_context=_setup_forward,
-)
+# The forward op's autograd is C++ (csrc/autograd.cpp); the backward op's, its double backward, is this.
 torch.library.register_autograd("fastconv::_deform_conv2d_backward", _backward_grad, setup_context=_setup_backward)
 
 

@@ -75,7 +75,8 @@ torch.library.register_fake("fastconv::depthwise_conv2d")(_forward_fake)
 torch.library.register_fake("fastconv::_depthwise_conv2d_backward")(_backward_fake)
 
 
-# --- autograd (shared by the C++ and the Triton ops; `backward_op` is the matching backward op) -------------
+# --- autograd of the Triton op (the C++ op's forward is in csrc/autograd.cpp, the same contract) and of both
+# backward ops (the double backward) ----------------------------------------------------------------------------
 def _setup_forward(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, activation = inputs
     wants = ctx.needs_input_grad[:3]
@@ -159,11 +160,7 @@ def _backward_grad(ctx, grad_grad_input, grad_grad_weight, grad_grad_bias):
     return (d_grad_output, d_input if input is not None else None, d_weight, d_bias) + (None,) * 7
 
 
-torch.library.register_autograd(
-    "fastconv::depthwise_conv2d",
-    _make_forward_grad(torch.ops.fastconv._depthwise_conv2d_backward),
-    setup_context=_setup_forward,
-)
+# The forward op's autograd is C++ (csrc/autograd.cpp); the backward op's, its double backward, is this.
 torch.library.register_autograd(
     "fastconv::_depthwise_conv2d_backward", _backward_grad, setup_context=_setup_backward
 )

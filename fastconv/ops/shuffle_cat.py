@@ -62,16 +62,12 @@ def _interleave_grads(grad_a, grad_b):
     return grad_a, grad_b
 
 
-def _shuffle_cat_grad(ctx, grad_output):
-    return torch.ops.fastconv._shuffle_cat_backward(grad_output)
-
-
 def _shuffle_cat_backward_grad(ctx, grad_grad_a, grad_grad_b):
     grads = _interleave_grads(grad_grad_a, grad_grad_b)  # double backward
     return None if grads is None else torch.ops.fastconv.shuffle_cat(*grads)
 
 
-torch.library.register_autograd("fastconv::shuffle_cat", _shuffle_cat_grad)
+# The forward op's autograd is C++ (csrc/autograd.cpp); the backward op's, its double backward, is this.
 torch.library.register_autograd("fastconv::_shuffle_cat_backward", _shuffle_cat_backward_grad)
 
 

@@ -111,11 +111,7 @@ def _squeeze_excite_double_backward(ctx, *grad_grads):
 # --- C++ ops (CPU and CUDA kernels): fake kernels and autograd -------------------------------------------
 torch.library.register_fake("fastconv::squeeze_excite")(_squeeze_excite_fake)
 torch.library.register_fake("fastconv::_squeeze_excite_backward")(_squeeze_excite_backward_fake)
-torch.library.register_autograd(
-    "fastconv::squeeze_excite",
-    _make_grad(torch.ops.fastconv._squeeze_excite_backward),
-    setup_context=_save_for_backward,
-)
+# The forward op's autograd is C++ (csrc/autograd.cpp); the backward op's, its double backward, is this.
 torch.library.register_autograd(
     "fastconv::_squeeze_excite_backward", _squeeze_excite_double_backward, setup_context=_save_backward_inputs
 )

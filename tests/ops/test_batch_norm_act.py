@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastconv
-from harness import GPU, runnable, to_layout
+from harness import CPP_BACKENDS, GPU, OpHarness, Sample, runnable, to_layout
 from tolerances import tolerance
 
 ACTIVATIONS = [None, "relu", "relu6", "hardswish", "silu"]
@@ -454,3 +454,27 @@ def test_eval_without_grad_writes_nothing_and_training_bumps_versions(backend, d
     with torch.no_grad():
         run(backend, args)
     assert rm._version > before[2] and rv._version > before[3]
+
+
+def _subset_sample(weight, bias, running, training, name):
+    channels = 3
+    args = (torch.randn(2, channels, 3, 4) * 2 + 0.5, torch.rand(channels) + 0.5 if weight else None,
+            torch.randn(channels) if bias else None, torch.randn(channels) if running else None,
+            torch.rand(channels) + 0.5 if running else None, training, 0.1, 1e-5, "silu")
+    return Sample(args, name, grad=tuple(i for i in range(3) if args[i] is not None))
+
+
+SUBSET_SAMPLES = [
+    _subset_sample(True, True, True, True, "affine-train"),
+    _subset_sample(False, True, True, True, "bias-only-train"),  # bias is the second edge, not the third
+    _subset_sample(True, False, False, True, "weight-only-no-running"),
+    _subset_sample(True, True, True, False, "affine-eval"),
+]
+SUBSET_HARNESS = OpHarness("batch_norm_act", fastconv.ops.batch_norm_act, lambda *args: reference64(*args)[0])
+
+
+# The C++ op's autograd (csrc/autograd.cpp) maps graph edges to arguments: every subset of gradients.
+@pytest.mark.parametrize("sample", SUBSET_SAMPLES, ids=[s.name for s in SUBSET_SAMPLES])
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device, sample):
+    SUBSET_HARNESS.check_grad_subsets(sample, backend, device)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import fastconv
-from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 
 
 def reference64(input, groups):
@@ -107,3 +107,9 @@ def test_invalid_arguments_under_compile():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="must divide the number of channels"):
         compiled(torch.randn(2, 6, 3, 3), 4)
+
+
+# The C++ op's autograd (csrc/autograd.cpp): the one gradient, with the input alone requiring grad.
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device):
+    harness.check_grad_subsets(SAMPLES[0], backend, device)

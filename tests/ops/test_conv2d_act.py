@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 from tolerances import TOLERANCES
 from fastconv.ops._checks import resolve_conv2d_act_args
 
@@ -548,3 +548,12 @@ def test_cpu_pointwise_gemm_keeps_to_its_bound(width, gemm):
     rtol, atol = TOLERANCES[torch.float32]
     torch.testing.assert_close(out.double(), reference64(x.double(), w.double(), b.double(), 1, 0, 1, 1, "relu"),
                                rtol=rtol, atol=atol)
+
+
+SUBSET_SAMPLES = [SAMPLES[i] for i in (0, 1, 3, 5)]  # bias; relu (saves the output); hardswish; no bias
+
+# The C++ ops' autograd (csrc/autograd.cpp) maps graph edges to arguments: every subset of gradients.
+@pytest.mark.parametrize("sample", SUBSET_SAMPLES, ids=[s.name for s in SUBSET_SAMPLES])
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device, sample):
+    harness.check_grad_subsets(sample, backend, device)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 import torchvision
 
 import fastconv
-from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 
 
 def reference64(input, offset, weight, bias, stride, padding, dilation, mask):
@@ -465,3 +465,12 @@ def test_deform_conv2d_module_is_a_drop_in(kwargs):
     mask = torch.rand(2, kh * kw, *plain.shape[2:])
     for m in (None, mask):
         torch.testing.assert_close(mine(x, offset, m), tv(x, offset, m), rtol=1e-5, atol=1e-5)
+
+
+SUBSET_SAMPLES = [SAMPLES[i] for i in (0, 1, 3)]  # bias and mask; no mask; mask without bias
+
+# The C++ ops' autograd (csrc/autograd.cpp) maps graph edges to arguments: every subset of gradients.
+@pytest.mark.parametrize("sample", SUBSET_SAMPLES, ids=[s.name for s in SUBSET_SAMPLES])
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device, sample):
+    harness.check_grad_subsets(sample, backend, device)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 from fastconv.ops._checks import resolve_depthwise_conv2d_args
 from tolerances import tolerance
 
@@ -487,3 +487,12 @@ def test_conv2d_module_is_a_drop_in(kwargs):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.autograd.grad(got.sum(), conv.weight)[0],
                                torch.autograd.grad(want.sum(), torch_conv.weight)[0], rtol=1e-4, atol=1e-4)
+
+
+SUBSET_SAMPLES = [SAMPLES[i] for i in (1, 3, 8)]  # relu (saves the output); no bias, hardswish; silu, multiplier 2
+
+# The C++ ops' autograd (csrc/autograd.cpp) maps graph edges to arguments: every subset of gradients.
+@pytest.mark.parametrize("sample", SUBSET_SAMPLES, ids=[s.name for s in SUBSET_SAMPLES])
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device, sample):
+    harness.check_grad_subsets(sample, backend, device)

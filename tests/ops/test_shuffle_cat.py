@@ -3,7 +3,7 @@ import torch
 
 import fastconv
 from fastconv import _backend
-from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 
 
 def reference64(a, b):
@@ -230,3 +230,12 @@ def test_invalid_arguments_under_compile():
     compiled = torch.compile(fastconv.ops.shuffle_cat, fullgraph=True)
     with pytest.raises(Exception, match=r"b.shape \[2, 4, 3, 3\] must equal a.shape \[2, 6, 3, 3\]"):
         compiled(torch.randn(2, 6, 3, 3), torch.randn(2, 4, 3, 3))
+
+
+SUBSET_SAMPLES = GRADCHECK_SAMPLES
+
+# The C++ ops' autograd (csrc/autograd.cpp) maps graph edges to arguments: every subset of gradients.
+@pytest.mark.parametrize("sample", SUBSET_SAMPLES, ids=[s.name for s in SUBSET_SAMPLES])
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device, sample):
+    harness.check_grad_subsets(sample, backend, device)

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 import fastconv
-from harness import FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
 from tolerances import TOLERANCES
 
 
@@ -260,3 +260,12 @@ def test_invalid_arguments_under_compile():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="fc2_weight must have shape"):
         compiled(torch.randn(2, 8, 3, 3), torch.randn(2, 8, 1, 1), None, torch.randn(8, 3, 1, 1), None)
+
+
+SUBSET_SAMPLES = [SAMPLES[i] for i in (0, 3)]  # biases; none
+
+# The C++ ops' autograd (csrc/autograd.cpp) maps graph edges to arguments: every subset of gradients.
+@pytest.mark.parametrize("sample", SUBSET_SAMPLES, ids=[s.name for s in SUBSET_SAMPLES])
+@pytest.mark.parametrize("backend, device", CPP_BACKENDS)
+def test_grad_subsets(backend, device, sample):
+    harness.check_grad_subsets(sample, backend, device)
