@@ -8,12 +8,16 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/hardswish.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardswish_backward.h>
 #include <ATen/ops/hardtanh.h>
+#include <ATen/ops/hardtanh_backward.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
+#include <ATen/ops/threshold_backward.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -117,6 +121,20 @@ at::Tensor preactivation_grad(const at::Tensor& grad_output, const at::Tensor& v
   if (act == Activation::kNone) return grad.to(compute);
   // Both dense in `format`: the same flat index is the same element (size-1 strides address nothing).
   const at::Tensor value_dense = value.contiguous(format);
+  if (value_dense.scalar_type() == grad.scalar_type() && grad.scalar_type() == compute) {
+    // One dtype throughout (float32/float64 training): ATen's backward of the same activation, the pass eager
+    // autograd runs, vectorised for this CPU (the loop below is compiled for baseline x86-64: 4.2 ms against
+    // threshold_backward's 0.7 on VGG's 2x128x112x112). The derivatives are activation_derivative's.
+    at::Tensor result;
+    switch (act) {
+      case Activation::kRelu: result = at::threshold_backward(grad, value_dense, 0); break;
+      case Activation::kRelu6: result = at::hardtanh_backward(grad, value_dense, 0, 6); break;
+      case Activation::kHardswish: result = at::hardswish_backward(grad, value_dense); break;
+      case Activation::kSilu: result = at::silu_backward(grad, value_dense); break;
+      default: TORCH_INTERNAL_ASSERT(false, "conv2d_act backward: unknown activation");
+    }
+    return result.contiguous(format);
+  }
   at::Tensor result = at::empty(grad.sizes(), grad.options().dtype(compute).memory_format(format));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "conv2d_act_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
