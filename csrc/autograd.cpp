@@ -1,14 +1,19 @@
 // Autograd for the C++ ops (CPU and CUDA kernels), in C++.
 //
 // Each forward op gets an Autograd kernel here: a torch::autograd::Function whose backward calls the op's
-// `_<op>_backward`. Registered from Python (torch.library.register_autograd), the same kernel cost ~45-80 us of
-// Python per call in grad mode (batch_norm_act on a tiny input: 131 us forward+backward against eager's 51), which
-// made a CPU training step of ShuffleNetV2 slower than torchvision's (56 BN-act, 16 shuffle_cat nodes a step).
+// `_<op>_backward` op (never a raw kernel) and saves only what the requested gradients need.
 //
-// The backward ops keep their Python autograd kernels (fastconv/ops/<op>.py): those are the double backward,
-// rebuilt from differentiable ATen ops. A plain backward runs with grad mode off, where that kernel would only
-// re-dispatch; the backward ops are called below it then (BackwardCall), and through it when the engine records
-// the backward (create_graph=True), so the double backward still works.
+// A deliberate departure from shared/DESIGN.md (section 3, step 3: register_autograd in Python; section 5: avoid
+// torchvision's hand-rolled autograd classes), for speed, measured: registered from Python, each forward op's
+// autograd kernel cost ~45-80 us of Python per call in grad mode (batch_norm_act on a tiny input: 131 us
+// forward+backward against eager BN + ReLU's 51), and CPU training steps of ShuffleNetV2 at batch 2, 224 px ran at
+// 0.85-0.96x of torchvision's with every kernel fix of session 9 in (x0.5 and x1.0); with this file, 0.99-1.03x
+// (benches/RESULTS.md, session 9). What the design's rule protects stays: the fake kernels and the double backward
+// remain Python beside each wrapper (fastconv/ops/<op>.py) -- unlike torchvision's classes, which raise on a double
+// backward, the backward ops keep their Python autograd kernels, which rebuild the gradients from differentiable
+// ATen ops. A plain backward runs with grad mode off, where that kernel would only re-dispatch; the backward ops are
+// called below it then (BackwardCall), and through it when the engine records the backward (create_graph=True).
+// torch.library.opcheck's autograd-registration, schema and AOT-dispatch checks run on every op in tests/ops.
 //
 // The Triton ops are Python custom ops and keep Python autograd (fastconv/ops/<op>.py).
 #include <ATen/core/dispatch/Dispatcher.h>
