@@ -1,6 +1,7 @@
 """Registry-driven model tests: every registered fastconv model that has a reference is checked against it
 because it is registered. The reference is torchvision's builder of the same name (REFERENCE_NAMES maps
 aliases), else timm's. Models defined only here (lenet5, smartnet, ...) are tested in test_own_models.py."""
+import copy
 from collections.abc import Mapping
 
 import pytest
@@ -212,6 +213,31 @@ def test_compile_fullgraph_mobilenet_v2():
         compiled = torch.compile(model, fullgraph=True)
         rtol, atol = TOLERANCES[torch.float32]
         torch.testing.assert_close(compiled(x), model(x), rtol=rtol, atol=atol)
+
+
+def test_compile_training_step_shufflenet_v2():
+    """A training step of the compiled model (AOTAutograd traces the C++ autograd of batch_norm_act, with its running
+    statistics written in place, and of shuffle_cat) equals eager's: output, every parameter gradient and the
+    running statistics. Float64, so the comparison is tight."""
+    torch.manual_seed(0)
+    eager = models.shufflenet_v2_x0_5(num_classes=10).double().train()
+    compiled_model = copy.deepcopy(eager)
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION, dtype=torch.float64)
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    outputs = []
+    for model in (eager, compiled):
+        out = model(x)
+        out.square().mean().backward()
+        outputs.append(out)
+    rtol, atol = TOLERANCES[torch.float64]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=rtol, atol=atol)
+    grad_rtol, grad_atol = DEEP_NETWORK_GRAD_FLOAT64  # inductor sums the surrounding ops in another order
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=grad_rtol, atol=grad_atol,
+                                   msg=lambda m: f"{name}.grad: {m}")
+    for (name, b_eager), b_compiled in zip(eager.named_buffers(), compiled_model.buffers()):
+        torch.testing.assert_close(b_compiled, b_eager, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
