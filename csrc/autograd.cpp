@@ -71,6 +71,16 @@ c10::IValue save_string(const OptionalString& s) { return s ? c10::IValue(std::s
 OptionalString load_string(const c10::IValue& v) {
   return v.isNone() ? OptionalString() : OptionalString(v.toStringRef());
 }
+bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const OptionalTensor& t) { return t.has_value() && requires_grad(*t); }
+
+// Whether a call records a graph node: grad mode on and some tensor argument requiring grad. Where none does, the
+// wrappers below call the kernel directly (Function::apply would still build a node and drop it).
+template <class... Tensors>
+bool records(const Tensors&... tensors) {
+  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
 bool saves_preactivation_inputs(const OptionalString& activation) {
   return activation && (*activation == "hardswish" || *activation == "silu");
 }
@@ -81,12 +91,16 @@ bool saves_output(const OptionalString& activation) {
 // --- channel_shuffle ---------------------------------------------------------------------------------------
 using ChannelShuffleSig = Tensor(const Tensor&, int64_t);
 
+const c10::TypedOperatorHandle<ChannelShuffleSig>& channel_shuffle_op() {
+  static const auto op = find_op<ChannelShuffleSig>("fastconv::channel_shuffle");
+  return op;
+}
+
 struct ChannelShuffle : torch::autograd::Function<ChannelShuffle> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, int64_t groups) {
     ctx->saved_data["groups"] = groups;
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<ChannelShuffleSig>("fastconv::channel_shuffle");
-    return op.call(input, groups);
+    return channel_shuffle_op().call(input, groups);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<ChannelShuffleSig>("fastconv::_channel_shuffle_backward");
@@ -95,14 +109,22 @@ struct ChannelShuffle : torch::autograd::Function<ChannelShuffle> {
   }
 };
 
-Tensor channel_shuffle_autograd(const Tensor& input, int64_t groups) { return ChannelShuffle::apply(input, groups); }
+Tensor channel_shuffle_autograd(const Tensor& input, int64_t groups) {
+  if (records(input)) return ChannelShuffle::apply(input, groups);
+  at::AutoDispatchBelowADInplaceOrView below;
+  return channel_shuffle_op().call(input, groups);
+}
 
 // --- shuffle_cat -------------------------------------------------------------------------------------------
+const c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&)>& shuffle_cat_op() {
+  static const auto op = find_op<Tensor(const Tensor&, const Tensor&)>("fastconv::shuffle_cat");
+  return op;
+}
+
 struct ShuffleCat : torch::autograd::Function<ShuffleCat> {
   static Tensor forward(AutogradContext*, const Tensor& a, const Tensor& b) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<Tensor(const Tensor&, const Tensor&)>("fastconv::shuffle_cat");
-    return op.call(a, b);
+    return shuffle_cat_op().call(a, b);
   }
   static variable_list backward(AutogradContext*, variable_list grads) {
     static const auto op = find_op<std::tuple<Tensor, Tensor>(const Tensor&)>("fastconv::_shuffle_cat_backward");
@@ -112,7 +134,11 @@ struct ShuffleCat : torch::autograd::Function<ShuffleCat> {
   }
 };
 
-Tensor shuffle_cat_autograd(const Tensor& a, const Tensor& b) { return ShuffleCat::apply(a, b); }
+Tensor shuffle_cat_autograd(const Tensor& a, const Tensor& b) {
+  if (records(a, b)) return ShuffleCat::apply(a, b);
+  at::AutoDispatchBelowADInplaceOrView below;
+  return shuffle_cat_op().call(a, b);
+}
 
 // --- batch_norm_act ----------------------------------------------------------------------------------------
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
@@ -166,12 +192,17 @@ struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
 Tensor3 batch_norm_act_autograd(const Tensor& input, const OptionalTensor& weight, const OptionalTensor& bias,
                                 const OptionalTensor& running_mean, const OptionalTensor& running_var, bool training,
                                 double momentum, double eps, OptionalString activation) {
+  if (!records(input, weight, bias)) {
+    at::AutoDispatchBelowAutograd below;  // (the ADInplaceOrView kernel below still bumps the versions)
+    return batch_norm_act_op().call(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                    activation);
+  }
   auto outputs =
       BatchNormAct::apply(input, weight, bias, running_mean, running_var, training, momentum, eps, activation);
   return {outputs[0], outputs[1], outputs[2]};
 }
 
-// The running statistics are written in place: bump their version counters, as ATen's in-place ops do.
+// In training the running statistics are written in place: bump their version counters, as ATen's in-place ops do.
 Tensor3 batch_norm_act_ad_inplace_or_view(c10::DispatchKeySet keys, const Tensor& input, const OptionalTensor& weight,
                                           const OptionalTensor& bias, const OptionalTensor& running_mean,
                                           const OptionalTensor& running_var, bool training, double momentum,
@@ -182,8 +213,10 @@ Tensor3 batch_norm_act_ad_inplace_or_view(c10::DispatchKeySet keys, const Tensor
     result = batch_norm_act_op().redispatch(keys & c10::after_ADInplaceOrView_keyset, input, weight, bias,
                                             running_mean, running_var, training, momentum, eps, activation);
   }
-  if (defined(running_mean)) torch::autograd::increment_version(*running_mean);
-  if (defined(running_var)) torch::autograd::increment_version(*running_var);
+  if (training) {  // eval reads the running statistics and writes nothing
+    if (defined(running_mean)) torch::autograd::increment_version(*running_mean);
+    if (defined(running_var)) torch::autograd::increment_version(*running_var);
+  }
   return result;
 }
 
@@ -193,6 +226,11 @@ using SqueezeExciteSig = Tensor(const Tensor&, const Tensor&, const OptionalTens
 using SqueezeExciteBackwardSig = std::tuple<Tensor, Tensor, OptionalTensor, Tensor, OptionalTensor>(
     const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, const Tensor&, const OptionalTensor&,
     c10::string_view, c10::string_view);
+
+const c10::TypedOperatorHandle<SqueezeExciteSig>& squeeze_excite_op() {
+  static const auto op = find_op<SqueezeExciteSig>("fastconv::squeeze_excite");
+  return op;
+}
 
 struct SqueezeExcite : torch::autograd::Function<SqueezeExcite> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& fc1_weight,
@@ -204,8 +242,7 @@ struct SqueezeExcite : torch::autograd::Function<SqueezeExcite> {
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["gate"] = std::string(gate);
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<SqueezeExciteSig>("fastconv::squeeze_excite");
-    return op.call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
+    return squeeze_excite_op().call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -228,7 +265,11 @@ struct SqueezeExcite : torch::autograd::Function<SqueezeExcite> {
 Tensor squeeze_excite_autograd(const Tensor& input, const Tensor& fc1_weight, const OptionalTensor& fc1_bias,
                                const Tensor& fc2_weight, const OptionalTensor& fc2_bias, c10::string_view activation,
                                c10::string_view gate) {
-  return SqueezeExcite::apply(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
+  if (records(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias)) {
+    return SqueezeExcite::apply(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return squeeze_excite_op().call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
 }
 
 // --- depthwise_conv2d and conv2d_act ----------------------------------------------------------------------------
@@ -287,14 +328,18 @@ variable_list conv_backward(AutogradContext* ctx, size_t num_inputs, Call&& call
   return result;
 }
 
+const c10::TypedOperatorHandle<DepthwiseSig>& depthwise_conv2d_op() {
+  static const auto op = find_op<DepthwiseSig>("fastconv::depthwise_conv2d");
+  return op;
+}
+
 struct DepthwiseConv2d : torch::autograd::Function<DepthwiseConv2d> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const OptionalTensor& bias,
                         Ints stride, Ints padding, Ints dilation, OptionalString activation) {
     Tensor output;
     {
       at::AutoDispatchBelowADInplaceOrView below;
-      static const auto op = find_op<DepthwiseSig>("fastconv::depthwise_conv2d");
-      output = op.call(input, weight, bias, stride, padding, dilation, activation);
+      output = depthwise_conv2d_op().call(input, weight, bias, stride, padding, dilation, activation);
     }
     save_conv_inputs(ctx, input, weight, bias, output, stride, padding, dilation, activation);
     return output;
@@ -307,7 +352,16 @@ struct DepthwiseConv2d : torch::autograd::Function<DepthwiseConv2d> {
 
 Tensor depthwise_conv2d_autograd(const Tensor& input, const Tensor& weight, const OptionalTensor& bias, Ints stride,
                                  Ints padding, Ints dilation, OptionalString activation) {
-  return DepthwiseConv2d::apply(input, weight, bias, stride, padding, dilation, activation);
+  if (records(input, weight, bias)) {
+    return DepthwiseConv2d::apply(input, weight, bias, stride, padding, dilation, activation);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return depthwise_conv2d_op().call(input, weight, bias, stride, padding, dilation, activation);
+}
+
+const c10::TypedOperatorHandle<Conv2dActSig>& conv2d_act_op() {
+  static const auto op = find_op<Conv2dActSig>("fastconv::conv2d_act");
+  return op;
 }
 
 struct Conv2dAct : torch::autograd::Function<Conv2dAct> {
@@ -317,8 +371,7 @@ struct Conv2dAct : torch::autograd::Function<Conv2dAct> {
     Tensor output;
     {
       at::AutoDispatchBelowADInplaceOrView below;
-      static const auto op = find_op<Conv2dActSig>("fastconv::conv2d_act");
-      output = op.call(input, weight, bias, stride, padding, dilation, groups, activation);
+      output = conv2d_act_op().call(input, weight, bias, stride, padding, dilation, groups, activation);
     }
     save_conv_inputs(ctx, input, weight, bias, output, stride, padding, dilation, activation);
     ctx->saved_data["groups"] = groups;
@@ -338,7 +391,11 @@ struct Conv2dAct : torch::autograd::Function<Conv2dAct> {
 
 Tensor conv2d_act_autograd(const Tensor& input, const Tensor& weight, const OptionalTensor& bias, Ints stride,
                            Ints padding, Ints dilation, c10::SymInt groups, OptionalString activation) {
-  return Conv2dAct::apply(input, weight, bias, stride, padding, dilation, groups, activation);
+  if (records(input, weight, bias)) {
+    return Conv2dAct::apply(input, weight, bias, stride, padding, dilation, groups, activation);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return conv2d_act_op().call(input, weight, bias, stride, padding, dilation, groups, activation);
 }
 
 // --- deform_conv2d -----------------------------------------------------------------------------------------
@@ -347,6 +404,11 @@ using DeformSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Opti
 using DeformBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, Ints, Ints, Ints,
     std::array<bool, 5>);
+
+const c10::TypedOperatorHandle<DeformSig>& deform_conv2d_op() {
+  static const auto op = find_op<DeformSig>("fastconv::deform_conv2d");
+  return op;
+}
 
 struct DeformConv2d : torch::autograd::Function<DeformConv2d> {
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& offset, const Tensor& weight,
@@ -358,8 +420,7 @@ struct DeformConv2d : torch::autograd::Function<DeformConv2d> {
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<DeformSig>("fastconv::deform_conv2d");
-    return op.call(input, offset, weight, bias, stride, padding, dilation, mask);
+    return deform_conv2d_op().call(input, offset, weight, bias, stride, padding, dilation, mask);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -389,7 +450,11 @@ struct DeformConv2d : torch::autograd::Function<DeformConv2d> {
 Tensor deform_conv2d_autograd(const Tensor& input, const Tensor& offset, const Tensor& weight,
                               const OptionalTensor& bias, Ints stride, Ints padding, Ints dilation,
                               const OptionalTensor& mask) {
-  return DeformConv2d::apply(input, offset, weight, bias, stride, padding, dilation, mask);
+  if (records(input, offset, weight, bias, mask)) {
+    return DeformConv2d::apply(input, offset, weight, bias, stride, padding, dilation, mask);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return deform_conv2d_op().call(input, offset, weight, bias, stride, padding, dilation, mask);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@ from typing import Optional, Tuple
 
 import torch
 
-from fastconv import _backend
 from fastconv.ops import _reference
 from fastconv.ops._checks import check_batch_norm_act_args
 from fastconv.ops._registry import register_op
@@ -42,15 +41,6 @@ def batch_norm_act(
     Gradients flow to input, weight and bias (training and eval formulas differ, as in aten); the double
     backward runs through differentiable ATen ops (see _backward_grad).
     """
-    if not training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        # Eval without grad mode writes no running statistic and records no graph: fastconv's kernels run below
-        # the ADInplaceOrView (version bump of the running statistics, which eval leaves alone) and Autograd
-        # kernels, both Python, ~11 us of a ~27 us call on a small input (DenseNet-121 makes 62 such calls).
-        backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
-        if backend != "reference":
-            with torch._C._AutoDispatchBelowADInplaceOrView():
-                return _OP.implementations[backend](
-                    input, weight, bias, running_mean, running_var, training, momentum, eps, activation)
     return _OP.run(
         input, weight, bias, running_mean, running_var, training, momentum, eps, activation
     )
@@ -167,11 +157,12 @@ torch.library.register_fake("fastconv::batch_norm_act")(_forward_fake)
 torch.library.register_fake("fastconv::_batch_norm_act_backward")(_backward_fake)
 
 
-def _register_autograd_of_mutating_op(qualname, backward, setup_context):
+def _register_autograd_of_mutating_op(qualname, backward, setup_context, writes):
     """torch.library.register_autograd refuses ops that mutate an input (here the running statistics), even
     though the mutated inputs are never differentiated. Register the same generated autograd kernel it would,
     plus the version-counter bump of mutated inputs that torch.library.custom_op registers for mutating ops
-    (ADInplaceOrView), so the Triton op behaves as the C++ op (whose kernels for both keys are in
+    (ADInplaceOrView) for the calls that write (`writes(args)`: batch_norm_act in training; eval reads the running
+    statistics and writes nothing), so the Triton op behaves as the C++ op (whose kernels for both keys are in
     csrc/autograd.cpp)."""
     from torch._library import autograd as library_autograd, utils as library_utils
 
@@ -184,7 +175,7 @@ def _register_autograd_of_mutating_op(qualname, backward, setup_context):
     after = torch._C._after_ADInplaceOrView_keyset
 
     def ad_inplace_or_view(keyset, *args):
-        for index in mutated:
+        for index in mutated if writes(args) else ():
             if index < len(args) and args[index] is not None:
                 torch.autograd.graph.increment_version(args[index])
         return op.redispatch(keyset & after, *args)
@@ -250,7 +241,8 @@ def batch_norm_act_backward_triton(
 torch.library.register_fake("fastconv::batch_norm_act_triton", lib=_TRITON_LIBRARY)(_forward_fake)
 batch_norm_act_backward_triton.register_fake(_backward_fake)
 _TRITON_AUTOGRAD_LIBRARY = _register_autograd_of_mutating_op(
-    "fastconv::batch_norm_act_triton", _make_backward(batch_norm_act_backward_triton), _setup_context
+    "fastconv::batch_norm_act_triton", _make_backward(batch_norm_act_backward_triton), _setup_context,
+    writes=lambda args: args[5],  # training
 )
 batch_norm_act_backward_triton.register_autograd(_backward_grad, setup_context=_setup_backward)
 

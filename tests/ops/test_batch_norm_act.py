@@ -437,21 +437,22 @@ def test_cpu_eval_reads_a_channel_prefix_of_a_wider_channels_last_tensor(shape, 
     check_against_reference("cpu", train_args, dtype)
 
 
+@pytest.mark.parametrize("grad_mode", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("backend, device", FAST_BACKENDS)
-def test_eval_without_grad_writes_nothing_and_training_bumps_versions(backend, device):
-    """Eval under no_grad skips the autograd and version-bump kernels (it writes nothing: the running statistics
-    keep their values and versions) and matches float64; training under no_grad writes them and bumps their
-    versions, as F.batch_norm does."""
-    args = make_args((2, 6, 5, 7), device=device, training=False, activation="relu")
+def test_eval_writes_nothing_and_training_bumps_versions(backend, device, grad_mode):
+    """Eval writes nothing: the running statistics keep their values and versions (the version-bump kernels bump
+    only where the op writes), and the output matches float64; training writes them and bumps their versions,
+    as F.batch_norm does, with or without grad mode."""
+    args = make_args((2, 6, 5, 7), device=device, training=False, activation="relu", requires_grad=grad_mode)
     rm, rv = args[3], args[4]
     before = (rm.clone(), rv.clone(), rm._version, rv._version)
-    with torch.no_grad():
-        check_against_reference(backend, args, torch.float32)
+    with torch.set_grad_enabled(grad_mode):
+        check_against_reference(backend, args, torch.float32, grad=grad_mode)
     assert (rm._version, rv._version) == before[2:]
     torch.testing.assert_close(rm, before[0], rtol=0, atol=0)
     torch.testing.assert_close(rv, before[1], rtol=0, atol=0)
     args[5] = True
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad_mode):
         run(backend, args)
     assert rm._version > before[2] and rv._version > before[3]
 
