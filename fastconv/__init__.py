@@ -1,7 +1,8 @@
 """fastconv: hand-written CUDA, Triton and C++ kernels for the memory-bound operations of classic CNNs.
 
 ``import fastconv`` loads the compiled extension first (a missing or mismatched build raises an ImportError
-that says how to rebuild), then registers the fake kernels and autograd of every op.
+that says how to rebuild; the extension registers the C++ ops with their autograd), then registers the fake
+kernels of every op, the backward ops' autograd (double backward) and the Triton ops.
 """
 from fastconv._loader import load_extension
 
