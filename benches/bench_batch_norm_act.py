@@ -24,19 +24,12 @@ CASES = [
 VARIANTS = ["reference-eager", "reference-compile"] + [f"fastconv-{b}" for b in ("cpu", "cuda", "triton")]
 
 
-def _public(backend):
-    def forward(*args):
-        with fastconv.backend(backend):
-            return fastconv.ops.batch_norm_act(*args)
-
-    return forward
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case, training", CASES)
 def test_batch_norm_act(benchmark, timed, case, training, variant):
     benchmark.group = case.label
     args = case.make_inputs()
+    backend = None  # a fastconv backend, set around the whole measurement
     if variant == "reference-eager":
         forward = _reference.batch_norm_act
     elif variant == "reference-compile":
@@ -46,12 +39,13 @@ def test_batch_norm_act(benchmark, timed, case, training, variant):
         backend = variant.split("-", 1)[1]
         if backend not in _bench.fastconv_backends("batch_norm_act", DEVICE):
             pytest.skip(f"fastconv backend {backend!r} does not run (or is not timed) on {DEVICE} here")
-        forward = _public(backend)
+        forward = fastconv.ops.batch_norm_act
     fn = _bench.batch_norm_act_train_step(forward) if training else forward
     # correctness next to speed: the forward output equals the reference's (gradients are checked by the
     # tests: with 10^7 elements a few pre-activations sit within rounding of relu's kink, where any two
     # implementations may legitimately disagree on the derivative)
     forward_args = args[:9]
-    torch.testing.assert_close(forward(*forward_args).detach(), _reference.batch_norm_act(*forward_args).detach(),
-                               rtol=1e-4, atol=1e-4)
-    timed(lambda: fn(*args), case.bytes_moved)
+    with _bench.using(backend):
+        got = forward(*forward_args).detach()
+    torch.testing.assert_close(got, _reference.batch_norm_act(*forward_args).detach(), rtol=1e-4, atol=1e-4)
+    timed(lambda: fn(*args), case.bytes_moved, backend)

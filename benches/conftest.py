@@ -8,6 +8,8 @@ achieved bandwidth (benchmark.extra_info["bytes"] / median).
 import pytest
 import torch
 
+from fastconv import _bench
+
 GPU = torch.cuda.is_available()
 
 
@@ -18,18 +20,20 @@ def sync():
 
 @pytest.fixture
 def timed(benchmark):
-    """timed(fn, bytes_moved): benchmark fn (synchronising on GPUs), recording the bytes it must move."""
+    """timed(fn, bytes_moved, backend=None): benchmark fn (synchronising on GPUs), recording the bytes it must
+    move. `backend`: the fastconv backend, set around the whole measurement (see _bench.using)."""
 
-    def run(fn, bytes_moved):
-        fn()  # warm-up: compile, autotune, allocate
-        sync()
-        benchmark.extra_info["bytes"] = bytes_moved
-
-        def call():
-            fn()
+    def run(fn, bytes_moved, backend=None):
+        with _bench.using(backend):
+            fn()  # warm-up: compile, autotune, allocate
             sync()
+            benchmark.extra_info["bytes"] = bytes_moved
 
-        return benchmark(call)
+            def call():
+                fn()
+                sync()
+
+            return benchmark(call)
 
     return run
 
