@@ -33,6 +33,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 #include <limits>

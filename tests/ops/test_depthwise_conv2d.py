@@ -287,6 +287,21 @@ def test_forward_nchw_rows(sample, dtype):
     harness.check_forward(sample, "cpu", "cpu", dtype, "contiguous")
 
 
+# The CPU's channels_last row-reuse path writes outputs of 16 MiB and more with streaming stores (float32, channel
+# counts that fill whole vectors): 3x3 and 5x5 at stride 1, 3x3 at stride 2, each with pixels left for the 4-, 2-
+# and 1-pixel steps and edge columns on the ordinary path.
+STREAMING = [
+    dw(1, 64, 263, 267, 3, padding=1, activation="relu6", name="streaming-3x3"),
+    dw(1, 64, 262, 265, 5, padding=2, activation="silu", name="streaming-5x5"),
+    dw(4, 32, 373, 371, 3, stride=2, padding=1, name="streaming-3x3-s2"),
+]
+
+
+@pytest.mark.parametrize("sample", STREAMING, ids=[f"cpu-cpu-{s.name}" for s in STREAMING])
+def test_forward_channels_last_streaming(sample):
+    harness.check_forward(sample, "cpu", "cpu", torch.float32, "channels_last")
+
+
 ROWS_BACKWARD = [ROWS[i] for i in (0, 3, 4, 6)]
 
 
