@@ -73,12 +73,22 @@ OptionalString load_string(const c10::IValue& v) {
 }
 bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 bool requires_grad(const OptionalTensor& t) { return t.has_value() && requires_grad(*t); }
+template <class T>
+bool requires_grad(const T&) { return false; }  // a non-tensor argument
 
-// Whether a call records a graph node: grad mode on and some tensor argument requiring grad. Where none does, the
-// wrappers below call the kernel directly (Function::apply would still build a node and drop it).
-template <class... Tensors>
-bool records(const Tensors&... tensors) {
-  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+// Whether a call records a graph node: grad mode on and some tensor argument requiring grad.
+template <class... Args>
+bool records(const Args&... args) {
+  return at::GradMode::is_enabled() && (requires_grad(args) || ...);
+}
+
+// The Autograd kernel of a non-mutating op: its Function where the call records a graph, else the op itself below
+// autograd (Function::apply would still build a node and drop it).
+template <class Function, class Signature, class... Args>
+auto autograd_kernel(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
+  if (records(args...)) return Function::apply(args...);
+  at::AutoDispatchBelowADInplaceOrView below;
+  return op.call(args...);
 }
 
 bool saves_preactivation_inputs(const OptionalString& activation) {
@@ -110,9 +120,7 @@ struct ChannelShuffle : torch::autograd::Function<ChannelShuffle> {
 };
 
 Tensor channel_shuffle_autograd(const Tensor& input, int64_t groups) {
-  if (records(input)) return ChannelShuffle::apply(input, groups);
-  at::AutoDispatchBelowADInplaceOrView below;
-  return channel_shuffle_op().call(input, groups);
+  return autograd_kernel<ChannelShuffle>(channel_shuffle_op(), input, groups);
 }
 
 // --- shuffle_cat -------------------------------------------------------------------------------------------
@@ -135,9 +143,7 @@ struct ShuffleCat : torch::autograd::Function<ShuffleCat> {
 };
 
 Tensor shuffle_cat_autograd(const Tensor& a, const Tensor& b) {
-  if (records(a, b)) return ShuffleCat::apply(a, b);
-  at::AutoDispatchBelowADInplaceOrView below;
-  return shuffle_cat_op().call(a, b);
+  return autograd_kernel<ShuffleCat>(shuffle_cat_op(), a, b);
 }
 
 // --- batch_norm_act ----------------------------------------------------------------------------------------
@@ -192,7 +198,7 @@ struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
 Tensor3 batch_norm_act_autograd(const Tensor& input, const OptionalTensor& weight, const OptionalTensor& bias,
                                 const OptionalTensor& running_mean, const OptionalTensor& running_var, bool training,
                                 double momentum, double eps, OptionalString activation) {
-  if (!records(input, weight, bias)) {
+  if (!records(input, weight, bias, running_mean, running_var)) {
     at::AutoDispatchBelowAutograd below;  // (the ADInplaceOrView kernel below still bumps the versions)
     return batch_norm_act_op().call(input, weight, bias, running_mean, running_var, training, momentum, eps,
                                     activation);
@@ -265,11 +271,8 @@ struct SqueezeExcite : torch::autograd::Function<SqueezeExcite> {
 Tensor squeeze_excite_autograd(const Tensor& input, const Tensor& fc1_weight, const OptionalTensor& fc1_bias,
                                const Tensor& fc2_weight, const OptionalTensor& fc2_bias, c10::string_view activation,
                                c10::string_view gate) {
-  if (records(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias)) {
-    return SqueezeExcite::apply(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
-  }
-  at::AutoDispatchBelowADInplaceOrView below;
-  return squeeze_excite_op().call(input, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation, gate);
+  return autograd_kernel<SqueezeExcite>(squeeze_excite_op(), input, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                        activation, gate);
 }
 
 // --- depthwise_conv2d and conv2d_act ----------------------------------------------------------------------------
@@ -352,11 +355,8 @@ struct DepthwiseConv2d : torch::autograd::Function<DepthwiseConv2d> {
 
 Tensor depthwise_conv2d_autograd(const Tensor& input, const Tensor& weight, const OptionalTensor& bias, Ints stride,
                                  Ints padding, Ints dilation, OptionalString activation) {
-  if (records(input, weight, bias)) {
-    return DepthwiseConv2d::apply(input, weight, bias, stride, padding, dilation, activation);
-  }
-  at::AutoDispatchBelowADInplaceOrView below;
-  return depthwise_conv2d_op().call(input, weight, bias, stride, padding, dilation, activation);
+  return autograd_kernel<DepthwiseConv2d>(depthwise_conv2d_op(), input, weight, bias, stride, padding, dilation,
+                                          activation);
 }
 
 const c10::TypedOperatorHandle<Conv2dActSig>& conv2d_act_op() {
@@ -391,11 +391,8 @@ struct Conv2dAct : torch::autograd::Function<Conv2dAct> {
 
 Tensor conv2d_act_autograd(const Tensor& input, const Tensor& weight, const OptionalTensor& bias, Ints stride,
                            Ints padding, Ints dilation, c10::SymInt groups, OptionalString activation) {
-  if (records(input, weight, bias)) {
-    return Conv2dAct::apply(input, weight, bias, stride, padding, dilation, groups, activation);
-  }
-  at::AutoDispatchBelowADInplaceOrView below;
-  return conv2d_act_op().call(input, weight, bias, stride, padding, dilation, groups, activation);
+  return autograd_kernel<Conv2dAct>(conv2d_act_op(), input, weight, bias, stride, padding, dilation, groups,
+                                    activation);
 }
 
 // --- deform_conv2d -----------------------------------------------------------------------------------------
@@ -450,11 +447,8 @@ struct DeformConv2d : torch::autograd::Function<DeformConv2d> {
 Tensor deform_conv2d_autograd(const Tensor& input, const Tensor& offset, const Tensor& weight,
                               const OptionalTensor& bias, Ints stride, Ints padding, Ints dilation,
                               const OptionalTensor& mask) {
-  if (records(input, offset, weight, bias, mask)) {
-    return DeformConv2d::apply(input, offset, weight, bias, stride, padding, dilation, mask);
-  }
-  at::AutoDispatchBelowADInplaceOrView below;
-  return deform_conv2d_op().call(input, offset, weight, bias, stride, padding, dilation, mask);
+  return autograd_kernel<DeformConv2d>(deform_conv2d_op(), input, offset, weight, bias, stride, padding, dilation,
+                                       mask);
 }
 
 }  // namespace

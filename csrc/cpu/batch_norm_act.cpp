@@ -154,6 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
   // w, b, sum_dy and sum_dy_xmu in the statistics' dtype, in one scratch allocation; the (C,)-sized work in scalar
   // loops (as ATen ops it cost ~4 us a call: see channel_coefficients).
   const at::Tensor scratch = at::empty({4, channels}, stat_options);
+  const at::Tensor mean = save_mean.contiguous(), invstd = save_invstd.contiguous();
   const auto param_dtype = weight.has_value() ? weight->scalar_type() : accumulate_type_of(input);
   at::Tensor grad_weight = at::empty({channels}, stat_options.dtype(param_dtype));
   at::Tensor grad_bias = at::empty({channels}, stat_options.dtype(bias.has_value() ? bias->scalar_type() : param_dtype));
@@ -175,14 +176,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     const at::Tensor dy = dense_like(grad_output, grad_input);
     const BatchNormGeometry g = batch_norm_geometry(x);
     at::Tensor sum_dy = scratch[2], sum_dy_xmu = scratch[3];
-    FASTCONV_ISA_CALL(backward_into(dy, x, grad_input, save_mean.contiguous(), save_invstd.contiguous(), scratch[0],
-                                    scratch[1], sum_dy, sum_dy_xmu, training, act, g));
+    FASTCONV_ISA_CALL(backward_into(dy, x, grad_input, mean, invstd, scratch[0], scratch[1], sum_dy, sum_dy_xmu,
+                                    training, act, g));
   }
   AT_DISPATCH_FLOATING_TYPES(scratch.scalar_type(), "batch_norm_act_backward_params", [&] {
     using acc_t = scalar_t;
     const acc_t* sum_dy = scratch[2].const_data_ptr<acc_t>();
     const acc_t* sum_dy_xmu = scratch[3].const_data_ptr<acc_t>();
-    const at::Tensor invstd = save_invstd.contiguous();
     const acc_t* s = invstd.const_data_ptr<acc_t>();
     std::vector<acc_t> gw(channels);
     for (int64_t c = 0; c < channels; ++c) gw[c] = sum_dy_xmu[c] * s[c];
