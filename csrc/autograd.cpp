@@ -306,16 +306,24 @@ void save_conv_inputs(AutogradContext* ctx, const Tensor& input, const Tensor& w
   ctx->saved_data["has_bias"] = defined(bias);
 }
 
-// (grad_input, grad_weight, grad_bias) wanted: the first three forward arguments' edges.
-Bool3 conv_output_mask(AutogradContext* ctx) {
+// (grad_input, grad_weight, grad_bias) wanted: the edges of the convolution's input, weight and bias, the
+// forward's first three tensor arguments, or its second to fourth with `leading` (shuffle_cat_conv2d_act's a).
+Bool3 conv_output_mask(AutogradContext* ctx, bool leading) {
   const bool has_bias = ctx->saved_data["has_bias"].toBool();
+  if (leading) {
+    return {needs_grad(ctx, {true, true}), needs_grad(ctx, {true, true, true}),
+            needs_grad(ctx, {true, true, true, has_bias})};
+  }
   return {needs_grad(ctx, {true}), needs_grad(ctx, {true, true}), needs_grad(ctx, {true, true, has_bias})};
 }
 
+// The convolution's gradients through `call` (the backward op), placed at forward arguments first..first+2.
 template <class Call>
-variable_list conv_backward(AutogradContext* ctx, size_t num_inputs, Call&& call) {
+variable_list conv_backward(AutogradContext* ctx, size_t num_inputs, Call&& call, size_t first = 0) {
   const auto saved = ctx->get_saved_variables();
-  const Bool3 mask = conv_output_mask(ctx);
+  const Bool3 mask = conv_output_mask(ctx, first > 0);
+  variable_list result(num_inputs);
+  if (!mask[0] && !mask[1] && !mask[2]) return result;
   const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
   const auto stride = ctx->saved_data["stride"].toSymIntVector();
   const auto padding = ctx->saved_data["padding"].toSymIntVector();
@@ -324,10 +332,9 @@ variable_list conv_backward(AutogradContext* ctx, size_t num_inputs, Call&& call
   auto [grad_input, grad_weight, grad_bias] =
       call(optional(saved[0]), saved[1], optional(saved[2]), optional(saved[3]), Ints(input_size), Ints(stride),
            Ints(padding), Ints(dilation), load_string(ctx->saved_data["activation"]), mask);
-  variable_list result(num_inputs);
-  if (mask[0]) result[0] = grad_input;
-  if (mask[1]) result[1] = grad_weight;
-  if (mask[2]) result[2] = grad_bias;
+  if (mask[0]) result[first] = grad_input;
+  if (mask[1]) result[first + 1] = grad_weight;
+  if (mask[2]) result[first + 2] = grad_bias;
   return result;
 }
 
@@ -395,6 +402,60 @@ Tensor conv2d_act_autograd(const Tensor& input, const Tensor& weight, const Opti
                                     activation);
 }
 
+// --- shuffle_cat_conv2d_act: shuffle_cat's backward (the de-interleave), then conv2d_act's on the odd half ------
+using ShuffleCatConv2dActSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, Ints, Ints,
+                                      Ints, c10::SymInt, OptionalString);
+
+const c10::TypedOperatorHandle<ShuffleCatConv2dActSig>& shuffle_cat_conv2d_act_op() {
+  static const auto op = find_op<ShuffleCatConv2dActSig>("fastconv::shuffle_cat_conv2d_act");
+  return op;
+}
+
+struct ShuffleCatConv2dAct : torch::autograd::Function<ShuffleCatConv2dAct> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& a, const Tensor& input, const Tensor& weight,
+                        const OptionalTensor& bias, Ints stride, Ints padding, Ints dilation, const c10::SymInt& groups,
+                        OptionalString activation) {
+    Tensor output;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      output = shuffle_cat_conv2d_act_op().call(a, input, weight, bias, stride, padding, dilation, groups, activation);
+    }
+    // The whole output is saved (relu/relu6); the backward takes the convolution's half of it, a strided view.
+    save_conv_inputs(ctx, input, weight, bias, output, stride, padding, dilation, activation);
+    ctx->saved_data["groups"] = groups;
+    return output;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto split = find_op<std::tuple<Tensor, Tensor>(const Tensor&)>("fastconv::_shuffle_cat_backward");
+    static const auto op = find_op<Conv2dActBackwardSig>("fastconv::_conv2d_act_backward");
+    Tensor grad_a, grad_b;
+    {
+      BackwardCall scope;
+      std::tie(grad_a, grad_b) = split.call(grads[0]);
+    }
+    const c10::SymInt groups = ctx->saved_data["groups"].toSymInt();
+    variable_list result = conv_backward(
+        ctx, 9,
+        [&](const OptionalTensor& input, const Tensor& weight, const OptionalTensor& bias, const OptionalTensor& output,
+            Ints input_size, Ints stride, Ints padding, Ints dilation, OptionalString activation, Bool3 mask) {
+          const OptionalTensor odd =
+              defined(output) ? OptionalTensor(output->slice(1, 1, std::nullopt, 2)) : std::nullopt;
+          return op.call(grad_b, input, weight, bias, odd, input_size, stride, padding, dilation, groups, activation,
+                         mask);
+        },
+        /*first=*/1);
+    if (needs_grad(ctx, {true})) result[0] = grad_a;
+    return result;
+  }
+};
+
+Tensor shuffle_cat_conv2d_act_autograd(const Tensor& a, const Tensor& input, const Tensor& weight,
+                                       const OptionalTensor& bias, Ints stride, Ints padding, Ints dilation,
+                                       c10::SymInt groups, OptionalString activation) {
+  return autograd_kernel<ShuffleCatConv2dAct>(shuffle_cat_conv2d_act_op(), a, input, weight, bias, stride, padding,
+                                              dilation, groups, activation);
+}
+
 // --- deform_conv2d -----------------------------------------------------------------------------------------
 using DeformSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptionalTensor&, Ints, Ints, Ints,
                          const OptionalTensor&);
@@ -460,6 +521,7 @@ TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
   m.impl("squeeze_excite", &squeeze_excite_autograd);
   m.impl("depthwise_conv2d", &depthwise_conv2d_autograd);
   m.impl("conv2d_act", &conv2d_act_autograd);
+  m.impl("shuffle_cat_conv2d_act", &shuffle_cat_conv2d_act_autograd);
   m.impl("deform_conv2d", &deform_conv2d_autograd);
 }
 

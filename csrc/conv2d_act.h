@@ -49,8 +49,8 @@ struct ConvGeometry {
 
 // Shape checks and geometry from the input's sizes (the backward may not have the input tensor itself).
 inline ConvGeometry conv2d_act_geometry(at::IntArrayRef input_size, const at::Tensor& weight, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  constexpr const char* op = "conv2d_act";
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                        const char* op = "conv2d_act") {
   TORCH_CHECK(input_size.size() == 4, op, ": input must be 4-D (N, C, H, W), got sizes ", input_size);
   TORCH_CHECK(weight.dim() == 4, op, ": weight must be 4-D (C_out, C_in / groups, kh, kw), got sizes ",
               weight.sizes());
@@ -107,8 +107,8 @@ inline void check_conv2d_act_same_device_dtype(const at::Tensor& other, const at
 
 inline ConvGeometry check_conv2d_act_args(const at::Tensor& input, const at::Tensor& weight,
                                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  constexpr const char* op = "conv2d_act";
+                                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                          const char* op = "conv2d_act") {
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got sizes ", input.sizes());
   TORCH_CHECK(input.device() == weight.device(), op, ": input and weight must be on the same device, got ",
               input.device(), " and ", weight.device());
@@ -119,9 +119,27 @@ inline ConvGeometry check_conv2d_act_args(const at::Tensor& input, const at::Ten
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must have shape (weight.shape[0],) = (",
                 weight.size(0), ",), got ", bias->sizes());
-    check_conv2d_act_same_device_dtype(*bias, weight, "bias");
+    check_conv2d_act_same_device_dtype(*bias, weight, "bias", op);
   }
-  return conv2d_act_geometry(input.sizes(), weight, stride, padding, dilation, groups);
+  return conv2d_act_geometry(input.sizes(), weight, stride, padding, dilation, groups, op);
+}
+
+// shuffle_cat_conv2d_act: conv2d_act's checks, and `a` must be the convolution's output: its shape, dtype, device.
+inline ConvGeometry check_shuffle_cat_conv2d_act_args(const at::Tensor& a, const at::Tensor& input,
+                                                      const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                                      at::IntArrayRef dilation, int64_t groups) {
+  constexpr const char* op = "shuffle_cat_conv2d_act";
+  const ConvGeometry g = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, op);
+  TORCH_CHECK(a.dim() == 4 && a.size(0) == g.batch && a.size(1) == g.out_channels && a.size(2) == g.out_h &&
+                  a.size(3) == g.out_w,
+              op, ": a must have the convolution's output shape [", g.batch, ", ", g.out_channels, ", ", g.out_h,
+              ", ", g.out_w, "], got ", a.sizes());
+  TORCH_CHECK(a.device() == input.device(), op, ": a must be on the same device as input (", input.device(),
+              "), got ", a.device());
+  TORCH_CHECK(a.scalar_type() == input.scalar_type(), op, ": a must have the same dtype as input (",
+              input.scalar_type(), "), got ", a.scalar_type());
+  return g;
 }
 
 // The memory format every kernel writes (and the fake kernel returns): the input's, as F.conv2d keeps it.

@@ -114,4 +114,12 @@ TORCH_LIBRARY(fastconv, m) {
       "_conv2d_act_backward(Tensor grad_output, Tensor? input, Tensor weight, Tensor? bias, Tensor? output, "
       "SymInt[4] input_size, SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups, str? activation, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // shuffle_cat_conv2d_act: shuffle_cat(a, conv2d_act(input, weight, bias, ...)) -- the ShuffleNet v2 unit's tail
+  // with the branch's last convolution writing the odd channels of the interleaved output (out[:, 2j + 1]) and
+  // `a` copied into the even ones (out[:, 2j]) in the same pass, so the branch's result is never a tensor of its
+  // own. `a` has the convolution's output shape; the output follows shuffle_cat's layout rule on `a`. The
+  // backward is _shuffle_cat_backward then _conv2d_act_backward (no op of its own).
+  m.def(
+      "shuffle_cat_conv2d_act(Tensor a, Tensor input, Tensor weight, Tensor? bias, SymInt[2] stride, "
+      "SymInt[4] padding, SymInt[2] dilation, SymInt groups, str? activation) -> Tensor");
 }

@@ -89,6 +89,18 @@ def cases():
                activation=activation: ops.conv2d_act(ca_in, ca_w, ca_b, stride, kernel // 2, 1, groups, activation)
                .float().sum().backward())
 
+    # The ShuffleNet unit's tail: a and the branch are views of one tensor (a read block-strided in place), the
+    # epilogue's interleaved stores; one NCHW case with a 3x3 grouped convolution and partial tiles.
+    for dtype, channels_last in ((torch.float32, False), (torch.float16, True), (torch.bfloat16, True)):
+        sc_x = _leaf(3, 2 * 70, 9, 7, dtype=dtype, channels_last=channels_last)
+        sc_w, sc_b = _leaf(70, 70, 1, 1, dtype=dtype), _leaf(70, dtype=dtype)
+        yield (f"shuffle_cat_conv2d_act {dtype} 1x1 split channels_last={channels_last}",
+               lambda sc_x=sc_x, sc_w=sc_w, sc_b=sc_b: ops.shuffle_cat_conv2d_act(
+                   *sc_x.chunk(2, dim=1), sc_w, sc_b, activation="relu").float().sum().backward())
+    sc_a, sc_in, sc_w3 = _leaf(2, 6, 5, 4), _leaf(2, 4, 9, 7), _leaf(6, 2, 3, 3)
+    yield ("shuffle_cat_conv2d_act 3x3 s2 g2 NCHW",
+           lambda: ops.shuffle_cat_conv2d_act(sc_a, sc_in, sc_w3, None, 2, 1, 1, 2, "silu").sum().backward())
+
     for dtype, channels_last, offset_groups in ((torch.float32, False, 1), (torch.float16, True, 2),
                                                 (torch.float32, True, 4)):
         dc_in = _leaf(2, 8, 9, 7, dtype=dtype, channels_last=channels_last)

@@ -28,13 +28,15 @@ INT32_MAX = 2**31 - 1
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, w_ptr, b_ptr, out_ptr, pass_ptr, pass_out_ptr,
     N, C_PER_GROUP, H, W, OC_PER_GROUP, OH, OW, K,
-    sxn, sxc, sxh, sxw, swo, swc, swh, sww, son, soc, soh, sow,
+    sxn, sxc, sxh, sxw, swo, swc, swh, sww, son, soc, soh, sow, spn, spc, sph, spw,
     KW, SH, SW, PT, PL, DH, DW,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, HAS_PASS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INDEX_64: tl.constexpr,
 ):
+    """out = act(conv(x) + b). With HAS_PASS (shuffle_cat_conv2d_act), also pass_out = pass for the same tile:
+    out and pass_out are the odd and even channels of one interleaved tensor (same strides)."""
     p = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     oc_in_group = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     group = tl.program_id(2)
@@ -71,7 +73,11 @@ def _forward_kernel(
         acc += tl.load(b_ptr + oc, mask=n_mask, other=0.0).to(ACC)[None, :]
     acc = activate(acc, ACT)
     out_offset = (n * son + oh * soh + ow * sow)[:, None] + (oc * soc)[None, :]
-    tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & n_mask[None, :])
+    out_mask = p_mask[:, None] & n_mask[None, :]
+    tl.store(out_ptr + out_offset, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    if HAS_PASS:
+        pass_offset = (n * spn + oh * sph + ow * spw)[:, None] + (oc * spc)[None, :]
+        tl.store(pass_out_ptr + out_offset, tl.load(pass_ptr + pass_offset, mask=out_mask), mask=out_mask)
 
 
 @triton.jit
@@ -108,28 +114,52 @@ def _needs_int64(*tensors):
     return largest + BLOCK_M * BLOCK_N > INT32_MAX
 
 
-def conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation, out_dtype=None):
-    """Arguments already checked and resolved (padding = (top, bottom, left, right))."""
-    n, c, h, w = input.shape
-    oc, c_per_group, kh, kw = weight.shape
+def _output_size(input, weight, stride, padding, dilation):
+    n, _, h, w = input.shape
+    oc, _, kh, kw = weight.shape
     out_h = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (w + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    output = torch.empty((n, oc, out_h, out_w), dtype=out_dtype or input.dtype, device=input.device,
-                         memory_format=_memory_format(input))
-    if output.numel() == 0:
-        return output
+    return n, oc, out_h, out_w
+
+
+def _launch_forward(input, weight, bias, stride, padding, dilation, groups, activation, output, passthrough=None):
+    """output = act(conv(input) + bias), written through output's strides (any view); with passthrough =
+    (source, destination), also destination = source, tile by tile (destination has output's strides)."""
+    n, c_per_group, kh, kw = input.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]
+    _, oc, out_h, out_w = output.shape
     oc_per_group = oc // groups
+    source, destination = passthrough if passthrough is not None else (output, output)
     grid = (triton.cdiv(n * out_h * out_w, BLOCK_M), triton.cdiv(oc_per_group, BLOCK_N), groups)
     _forward_kernel[grid](
-        input, weight, bias if bias is not None else weight, output,
-        n, c_per_group, h, w, oc_per_group, out_h, out_w, c_per_group * kh * kw,
-        *input.stride(), *weight.stride(), *output.stride(),
+        input, weight, bias if bias is not None else weight, output, source, destination,
+        n, c_per_group, input.shape[2], input.shape[3], oc_per_group, out_h, out_w, c_per_group * kh * kw,
+        *input.stride(), *weight.stride(), *output.stride(), *source.stride(),
         kw, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
         HAS_BIAS=bias is not None, ACT=ACTIVATION_CODES[activation],
         ACC=tl.float64 if input.dtype == torch.float64 else tl.float32,
-        PRECISION="ieee" if input.dtype in (torch.float32, torch.float64) else "tf32",
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, INDEX_64=_needs_int64(input, weight, output),
+        PRECISION="ieee" if input.dtype in (torch.float32, torch.float64) else "tf32", HAS_PASS=passthrough is not None,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, INDEX_64=_needs_int64(input, weight, output, source),
     )
+
+
+def conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation, out_dtype=None):
+    """Arguments already checked and resolved (padding = (top, bottom, left, right))."""
+    output = torch.empty(_output_size(input, weight, stride, padding, dilation), dtype=out_dtype or input.dtype,
+                         device=input.device, memory_format=_memory_format(input))
+    if output.numel() > 0:
+        _launch_forward(input, weight, bias, stride, padding, dilation, groups, activation, output)
+    return output
+
+
+def shuffle_cat_conv2d_act(a, input, weight, bias, stride, padding, dilation, groups, activation, memory_format):
+    """shuffle_cat(a, conv2d_act(input, ...)) in one kernel: each program writes its tile of the convolution into
+    the odd channels of the interleaved output and copies the same tile of `a` into the even ones. Arguments
+    already checked; memory_format is shuffle_cat's rule on `a`."""
+    n, oc, out_h, out_w = a.shape
+    output = torch.empty((n, 2 * oc, out_h, out_w), dtype=a.dtype, device=a.device, memory_format=memory_format)
+    if output.numel() > 0:
+        _launch_forward(input, weight, bias, stride, padding, dilation, groups, activation, output[:, 1::2],
+                        passthrough=(a, output[:, 0::2]))
     return output
 
 

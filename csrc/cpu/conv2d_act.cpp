@@ -4,6 +4,7 @@
 // Backward: grad_preact = grad_output * activation'(value) in one pass, then ATen's convolution_backward
 // (see csrc/conv2d_act.h).
 #include "conv2d_act.h"
+#include "shuffle_cat.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,6 +22,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 
@@ -95,21 +97,97 @@ at::Tensor conv2d_as_gemm(const at::Tensor& input, const at::Tensor& weight, con
   return output;
 }
 
+// The convolution with its bias, before the activation, in the input's memory format.
+at::Tensor convolution_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const ConvGeometry& g) {
+  const at::MemoryFormat format = conv2d_act_memory_format(input);
+  if (format == at::MemoryFormat::ChannelsLast && runs_as_gemm(input, weight, g)) {
+    return conv2d_as_gemm(input, weight, bias, g);
+  }
+  // ATen takes a convolution's layout from the input or the weight; hand it the weight in the input's
+  // layout (a no-op normally; a small copy of the weight otherwise) so the output keeps the input's.
+  return with_memory_format(aten_convolution(input, weight.contiguous(format), bias, g), format);
+}
+
 at::Tensor conv2d_act_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           std::optional<std::string_view> activation) {
   const Activation act = parse_activation(activation, "conv2d_act");
   const ConvGeometry g = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups);
-  const at::MemoryFormat format = conv2d_act_memory_format(input);
-  if (format == at::MemoryFormat::ChannelsLast && runs_as_gemm(input, weight, g)) {
-    at::Tensor output = conv2d_as_gemm(input, weight, bias, g);
-    activate_in_place(output, act);
-    return output;
-  }
-  // ATen takes a convolution's layout from the input or the weight; hand it the weight in the input's
-  // layout (a no-op normally; a small copy of the weight otherwise) so the output keeps the input's.
-  at::Tensor output = with_memory_format(aten_convolution(input, weight.contiguous(format), bias, g), format);
+  at::Tensor output = convolution_cpu(input, weight, bias, g);
   if (output.numel() > 0) activate_in_place(output, act);
+  return output;
+}
+
+// --- shuffle_cat_conv2d_act: the convolution, then one pass that writes the interleaved output ---------------
+// The pass reads `a` and the convolution's result and writes out[:, 2j] = a[:, j], out[:, 2j + 1] = act(b[:, j])
+// (csrc/shuffle_cat.h's blocks and rows): the activation pass over b and shuffle_cat's separate read and write of
+// b are gone, and b stays in cache between the GEMM and this pass at ShuffleNet's batch-1 sizes. The GEMM itself
+// cannot write the odd channels in place: in channels_last they are 2 elements apart, which no BLAS takes.
+template <typename scalar_t, Activation kAct>
+inline scalar_t activated(scalar_t value) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return static_cast<scalar_t>(apply_activation(kAct, static_cast<acc_t>(value)));
+}
+
+// One block of one-element rows (channels_last: one pixel). __restrict__: the three rows do not overlap.
+template <typename scalar_t, Activation kAct>
+inline void zip_activated(scalar_t* __restrict__ out, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                          int64_t channels) {
+  for (int64_t j = 0; j < channels; ++j) {
+    out[2 * j] = a[j];
+    out[2 * j + 1] = activated<scalar_t, kAct>(b[j]);
+  }
+}
+
+template <typename scalar_t, Activation kAct>
+inline void activate_row(scalar_t* __restrict__ out, const scalar_t* __restrict__ b, int64_t inner) {
+  for (int64_t k = 0; k < inner; ++k) out[k] = activated<scalar_t, kAct>(b[k]);
+}
+
+// `a` at block stride `a_block` (elements); `b` dense in the output's format; `inner` = 1 in channels_last.
+template <typename scalar_t, Activation kAct>
+void interleave_activated(scalar_t* out, const scalar_t* a, int64_t a_block, const scalar_t* b, int64_t outer,
+                          int64_t channels, int64_t inner) {
+  if (inner == 1) {
+    const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(channels, 1));
+    at::parallel_for(0, outer, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        zip_activated<scalar_t, kAct>(out + o * 2 * channels, a + o * a_block, b + o * channels, channels);
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / inner);
+  at::parallel_for(0, outer * channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {  // row = o * channels + j
+      const int64_t o = row / channels;
+      std::memcpy(out + 2 * row * inner, a + o * a_block + (row - o * channels) * inner, inner * sizeof(scalar_t));
+      activate_row<scalar_t, kAct>(out + (2 * row + 1) * inner, b + row * inner, inner);
+    }
+  });
+}
+
+at::Tensor shuffle_cat_conv2d_act_cpu(const at::Tensor& a, const at::Tensor& input, const at::Tensor& weight,
+                                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                      std::optional<std::string_view> activation) {
+  const Activation act = parse_activation(activation, "shuffle_cat_conv2d_act");
+  const ConvGeometry g = check_shuffle_cat_conv2d_act_args(a, input, weight, bias, stride, padding, dilation, groups);
+  const at::MemoryFormat format = shuffle_cat_memory_format(a);
+  at::Tensor output = at::empty(interleaved_sizes(a), a.options().memory_format(format));
+  if (output.numel() == 0) return output;
+  const at::Tensor b = convolution_cpu(input, weight, bias, g).contiguous(format);
+  const BlockedHalf first = blocked_half(a, format);
+  const int64_t inner = format == at::MemoryFormat::ChannelsLast ? 1 : g.out_h * g.out_w;
+  const int64_t outer = format == at::MemoryFormat::ChannelsLast ? g.batch * g.out_h * g.out_w : g.batch;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "shuffle_cat_conv2d_act_cpu", [&] {
+    dispatch_activation(act, [&](auto act_tag) {
+      interleave_activated<scalar_t, decltype(act_tag)::value>(
+          output.mutable_data_ptr<scalar_t>(), first.tensor.const_data_ptr<scalar_t>(), first.block_stride,
+          b.const_data_ptr<scalar_t>(), outer, g.out_channels, inner);
+    });
+  });
   return output;
 }
 
@@ -215,6 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv2d_act", &conv2d_act_cpu);
   m.impl("_conv2d_act_backward", &conv2d_act_backward_cpu);
+  m.impl("shuffle_cat_conv2d_act", &shuffle_cat_conv2d_act_cpu);
 }
 
 }  // namespace fastconv

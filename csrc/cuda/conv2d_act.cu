@@ -17,6 +17,7 @@
 // Backward: activation derivative (one elementwise kernel) then ATen's convolution_backward (cuDNN), see
 // csrc/conv2d_act.h.
 #include "conv2d_act.h"
+#include "shuffle_cat.h"
 
 #include <fastconv/cuda_launch.h>
 
@@ -108,7 +109,8 @@ template <typename scalar_t, typename index_t, bool kChannelsLast, bool kPointwi
 __global__ void __launch_bounds__(kThreads)
 conv2d_act_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ weight,
                   const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, ConvParams<index_t> p,
-                  Activation act, bool vector_a, bool vector_b) {
+                  Activation act, bool vector_a, bool vector_b, const scalar_t* __restrict__ pass,
+                  index_t pass_block) {
   using acc_t = at::opmath_type<scalar_t>;
   using mma_t = typename TensorCoreType<scalar_t>::type;
   constexpr bool kTensorCores = !std::is_void_v<mma_t> && kArchHasTensorCores;
@@ -283,6 +285,11 @@ conv2d_act_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ 
   }
   __syncthreads();
   const index_t out_pixels = p.out_h * p.out_w;
+  // shuffle_cat_conv2d_act (pass != nullptr): `out` has 2 * out_channels interleaved channels; channel oc of the
+  // convolution goes to 2 * oc + 1 and channel oc of `pass` (block-strided in the output's format, see
+  // csrc/shuffle_cat.h) to 2 * oc, in the same store loop.
+  const bool interleaved = pass != nullptr;
+  const index_t out_channels = interleaved ? 2 * p.out_channels : p.out_channels;
   for (int e = tid; e < kTileM * kTileN; e += kThreads) {
     const int row = kChannelsLast ? e / kTileN : e % kTileM;  // consecutive threads: consecutive channels
     const int col = kChannelsLast ? e % kTileN : e / kTileM;  // (channels_last) or pixels (NCHW)
@@ -293,35 +300,32 @@ conv2d_act_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ 
     acc_t value = tile_c[row * kLdC + col];
     if (bias != nullptr) value += static_cast<acc_t>(bias[oc]);
     value = apply_activation(act, value);
-    index_t offset;
+    const index_t out_oc = interleaved ? 2 * oc + 1 : oc;
+    index_t offset, pass_offset, even_step;
     if constexpr (kChannelsLast) {
-      offset = pixel * p.out_channels + oc;
+      offset = pixel * out_channels + out_oc;
+      pass_offset = pixel * pass_block + oc;
+      even_step = 1;
     } else {
       const index_t image = pixel / out_pixels;
-      offset = (image * p.out_channels + oc) * out_pixels + (pixel - image * out_pixels);
+      const index_t within = pixel - image * out_pixels;
+      offset = (image * out_channels + out_oc) * out_pixels + within;
+      pass_offset = image * pass_block + oc * out_pixels + within;
+      even_step = out_pixels;
     }
     out[offset] = static_cast<scalar_t>(value);
+    if (interleaved) out[offset - even_step] = pass[pass_offset];
   }
 }
 
 bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; }
 
-at::Tensor conv2d_act_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                           std::optional<std::string_view> activation) {
-  const Activation act = parse_activation(activation, "conv2d_act");
-  const ConvGeometry g = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const at::MemoryFormat format = conv2d_act_memory_format(input);
+// Runs the kernel into `output` (dense in `format`, which `in` is too). With `pass` (shuffle_cat_conv2d_act: its
+// `a`, block-strided by pass_block elements in `format`), `output` is the interleaved tensor of 2 * C_out channels.
+void launch_conv2d_act(const at::Tensor& in, const at::Tensor& w, const at::Tensor& b, at::Tensor& output,
+                       const ConvGeometry& g, Activation act, at::MemoryFormat format, const at::Tensor& pass,
+                       int64_t pass_block) {
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
-  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(format));
-  if (output.numel() == 0) return output;
-  // Dense in the chosen format (a no-op unless the input is a strided view); the weight contiguous
-  // (C_out, C_in/groups, kh, kw), which is what the kernel indexes.
-  const at::Tensor in = input.contiguous(format);
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   const int64_t blocks_m = (pixels + kTileM - 1) / kTileM;
   const int64_t blocks_n = (g.out_per_group() + kTileN - 1) / kTileN;
@@ -331,23 +335,26 @@ at::Tensor conv2d_act_cuda(const at::Tensor& input, const at::Tensor& weight, co
   const dim3 grid(static_cast<unsigned int>(blocks_m), static_cast<unsigned int>(blocks_n),
                   static_cast<unsigned int>(g.groups));
   // 32-bit indices when every offset (plus a tile of overrun before the bounds checks) fits.
-  const int64_t largest = std::max({in.numel(), output.numel(), w.numel(), pixels});
+  const int64_t pass_extent = pass.defined() ? pass_block * (channels_last ? pixels : g.batch) : 0;
+  const int64_t largest = std::max({in.numel(), output.numel(), w.numel(), pixels, pass_extent});
   const bool int32 = fits_int32(largest + int64_t{kTileM} * kTileN);
   const bool vector_a = channels_last && g.in_per_group() % kRun == 0 && g.in_channels % kRun == 0 &&
                         aligned16(in.const_data_ptr());
   const bool vector_b = g.pointwise() && g.in_per_group() % kRun == 0 && aligned16(w.const_data_ptr());
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_act_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "conv2d_act_cuda", [&] {
     const scalar_t* in_ptr = in.const_data_ptr<scalar_t>();
     const scalar_t* w_ptr = w.const_data_ptr<scalar_t>();
     const scalar_t* b_ptr = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pass_ptr = pass.defined() ? pass.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
     const auto launch = [&](auto index_tag, auto channels_last_tag, auto pointwise_tag) {
       using index_t = decltype(index_tag);
       constexpr bool kChannelsLast = decltype(channels_last_tag)::value;
       constexpr bool kPointwise = decltype(pointwise_tag)::value;
       conv2d_act_kernel<scalar_t, index_t, kChannelsLast, kPointwise><<<grid, kThreads, 0, stream>>>(
-          in_ptr, w_ptr, b_ptr, out_ptr, make_params<index_t>(g), act, vector_a, vector_b);
+          in_ptr, w_ptr, b_ptr, out_ptr, make_params<index_t>(g), act, vector_a, vector_b, pass_ptr,
+          static_cast<index_t>(pass_block));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const auto with_pointwise = [&](auto index_tag, auto channels_last_tag) {
@@ -370,6 +377,40 @@ at::Tensor conv2d_act_cuda(const at::Tensor& input, const at::Tensor& weight, co
       with_layout(int64_t{});
     }
   });
+}
+
+at::Tensor conv2d_act_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                           std::optional<std::string_view> activation) {
+  const Activation act = parse_activation(activation, "conv2d_act");
+  const ConvGeometry g = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::MemoryFormat format = conv2d_act_memory_format(input);
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(format));
+  if (output.numel() == 0) return output;
+  // Dense in the chosen format (a no-op unless the input is a strided view); the weight contiguous
+  // (C_out, C_in/groups, kh, kw), which is what the kernel indexes.
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  launch_conv2d_act(input.contiguous(format), weight.contiguous(), b, output, g, act, format, at::Tensor(), 0);
+  return output;
+}
+
+// shuffle_cat_conv2d_act: the same kernel, its epilogue writing the interleaved output (see launch_conv2d_act).
+// The convolution runs in the output's layout (shuffle_cat's rule on `a`).
+at::Tensor shuffle_cat_conv2d_act_cuda(const at::Tensor& a, const at::Tensor& input, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                       std::optional<std::string_view> activation) {
+  const Activation act = parse_activation(activation, "shuffle_cat_conv2d_act");
+  const ConvGeometry g = check_shuffle_cat_conv2d_act_args(a, input, weight, bias, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::MemoryFormat format = shuffle_cat_memory_format(a);
+  at::Tensor output = at::empty(interleaved_sizes(a), a.options().memory_format(format));
+  if (output.numel() == 0) return output;
+  const BlockedHalf first = blocked_half(a, format);
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  launch_conv2d_act(input.contiguous(format), weight.contiguous(), b, output, g, act, format, first.tensor,
+                    first.block_stride);
   return output;
 }
 
@@ -454,6 +495,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cuda(
 TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
   m.impl("conv2d_act", &conv2d_act_cuda);
   m.impl("_conv2d_act_backward", &conv2d_act_backward_cuda);
+  m.impl("shuffle_cat_conv2d_act", &shuffle_cat_conv2d_act_cuda);
 }
 
 }  // namespace fastconv

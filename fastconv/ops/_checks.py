@@ -444,9 +444,8 @@ def _conv_output_size(length, pad_sum, dilation, kernel, stride):
     return 0 if span < 0 else span // stride + 1
 
 
-def conv2d_act_geometry(input_size, weight, stride, padding, dilation, groups):
+def conv2d_act_geometry(input_size, weight, stride, padding, dilation, groups, op="conv2d_act"):
     """Mirror of conv2d_act_geometry (csrc/conv2d_act.h); returns the output shape."""
-    op = "conv2d_act"
     if len(input_size) != 4:
         raise RuntimeError(f"{op}: input must be 4-D (N, C, H, W), got sizes {list(input_size)}")
     if weight.dim() != 4:
@@ -501,9 +500,8 @@ def check_conv2d_act_activation(activation, op="conv2d_act"):
         )
 
 
-def check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation):
+def check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation, op="conv2d_act"):
     """Mirror of check_conv2d_act_args (csrc/conv2d_act.h), on resolved arguments. Returns the output shape."""
-    op = "conv2d_act"
     if input.dim() != 4:
         raise RuntimeError(f"{op}: input must be 4-D (N, C, H, W), got sizes {list(input.shape)}")
     if input.device != weight.device:
@@ -517,9 +515,23 @@ def check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups
             raise RuntimeError(
                 f"{op}: bias must have shape (weight.shape[0],) = ({weight.shape[0]},), got {list(bias.shape)}"
             )
-        _check_conv2d_act_same_device_dtype(bias, weight, "bias")
-    check_conv2d_act_activation(activation)
-    return conv2d_act_geometry(tuple(input.shape), weight, stride, padding, dilation, groups)
+        _check_conv2d_act_same_device_dtype(bias, weight, "bias", op)
+    check_conv2d_act_activation(activation, op)
+    return conv2d_act_geometry(tuple(input.shape), weight, stride, padding, dilation, groups, op)
+
+
+def check_shuffle_cat_conv2d_act_args(a, input, weight, bias, stride, padding, dilation, groups, activation):
+    """Mirror of check_shuffle_cat_conv2d_act_args (csrc/conv2d_act.h). Returns the convolution's output shape."""
+    op = "shuffle_cat_conv2d_act"
+    check_conv2d_act_activation(activation, op)
+    out_shape = check_conv2d_act_args(input, weight, bias, stride, padding, dilation, groups, activation, op)
+    if tuple(a.shape) != tuple(out_shape):
+        raise RuntimeError(f"{op}: a must have the convolution's output shape {list(out_shape)}, got {list(a.shape)}")
+    if a.device != input.device:
+        raise RuntimeError(f"{op}: a must be on the same device as input ({input.device}), got {a.device}")
+    if a.dtype != input.dtype:
+        raise RuntimeError(f"{op}: a must have the same dtype as input ({input.dtype}), got {a.dtype}")
+    return out_shape
 
 
 def check_conv2d_act_backward_args(grad_output, input, weight, bias, output, input_size, stride, padding, dilation,

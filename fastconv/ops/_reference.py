@@ -12,6 +12,7 @@ from fastconv.ops._checks import (
     check_conv2d_act_args,
     check_depthwise_conv2d_args,
     check_shuffle_cat_args,
+    check_shuffle_cat_conv2d_act_args,
     check_squeeze_excite_args,
 )
 
@@ -126,3 +127,9 @@ def conv2d_act(input, weight, bias, stride, padding, dilation, groups, activatio
     else:  # asymmetric ("same" with an even kernel span): pad explicitly, as ATen itself does
         out = F.conv2d(F.pad(input, (left, right, top, bottom)), weight, bias, stride, 0, dilation, groups)
     return ACTIVATION_FUNCTIONS[activation](out)
+
+
+def shuffle_cat_conv2d_act(a, input, weight, bias, stride, padding, dilation, groups, activation):
+    """shuffle_cat(a, conv2d_act(input, ...)): the two ops it fuses, each as plain ATen."""
+    check_shuffle_cat_conv2d_act_args(a, input, weight, bias, stride, padding, dilation, groups, activation)
+    return shuffle_cat(a, conv2d_act(input, weight, bias, stride, padding, dilation, groups, activation))
