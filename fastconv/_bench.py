@@ -85,6 +85,32 @@ def shuffle_cat_cases(device, dtype, memory_format, batches, multipliers) -> Lis
     return cases
 
 
+def shuffle_cat_conv_cases(device, dtype, memory_format, batches, multipliers) -> List[OpCase]:
+    """The tail of every stride-1 ShuffleNetV2 unit: the branch's last 1x1 conv (BN folded) + ReLU, then
+    shuffle_cat with the other half; a and the branch's input are the two halves of one tensor (the unit's
+    split). Inputs: (a, input, weight, bias); the convolution is 1x1, stride 1, no padding, ReLU."""
+    cases = []
+    element = torch.empty((), dtype=dtype).element_size()
+    for multiplier in multipliers:
+        for stage, (channels, size) in enumerate(zip(SHUFFLENET_V2_STAGES[multiplier], SHUFFLENET_V2_RESOLUTIONS)):
+            half = channels // 2
+            for batch in batches:
+                def make(batch=batch, half=half, size=size):
+                    x = torch.randn(batch, 2 * half, size, size, device=device, dtype=dtype)
+                    a, branch = x.contiguous(memory_format=memory_format).chunk(2, dim=1)
+                    weight = torch.randn(half, half, 1, 1, device=device, dtype=dtype) / half**0.5
+                    bias = torch.randn(half, device=device, dtype=dtype)
+                    return a, branch, weight, bias
+
+                numel = batch * half * size * size
+                label = (f"shufflenet_v2_{multiplier} stage{stage + 2} tail {[batch, half, size, size]} "
+                         f"{layout_name(memory_format)} {dtype_name(dtype)}")
+                # read a + read the branch's input + write the (N, 2C, H, W) output + the weight
+                cases.append(OpCase("shuffle_cat_conv2d_act", label, make,
+                                    (4 * numel + half * (half + 1)) * element, 2 * numel * half))
+    return cases
+
+
 def median_seconds(fn, device_type, min_run_time=0.2):
     """Median wall time of fn(): torch.utils.benchmark on the CPU, triton's do_bench (CUDA events) on a GPU."""
     if device_type == "cuda":

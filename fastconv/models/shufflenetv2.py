@@ -75,8 +75,15 @@ class InvertedResidual(Adoptable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)  # a view: the previous unit's shuffle already interleaved the halves
-            return _join(x1, self.branch2(x2))
-        return _join(self.branch1(x), self.branch2(x))
+            return self._join_branch2(x1, x2)
+        return self._join_branch2(self.branch1(x), x)
+
+    def _join_branch2(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """shuffle_cat(a, branch2(x)); in eval the branch's last conv-BN-ReLU writes straight into the
+        interleaved output where that is the faster path (FusedSequential.shuffle_cat_after)."""
+        if isinstance(self.branch2, FusedSequential):
+            return self.branch2.shuffle_cat_after(a, x)
+        return _join(a, self.branch2(x))
 
 
 class ShuffleNetV2(nn.Module):

@@ -14,8 +14,9 @@ from fastconv import ops
 from fastconv.nn.batchnorm import BatchNorm2d, batch_norm_module
 from fastconv.nn.conv import Conv2d
 from fastconv.nn.conv_norm_act import _APPLY, FUSABLE_ACTIVATIONS, Adoptable, ConvWeights, FoldedConvBN, \
-    conv2d_activation, conv_bn_act
-from fastconv.ops.conv2d_act import conv2d_act_constant
+    can_fold, conv2d_activation, conv_bn_act
+from fastconv.ops.conv2d_act import _GEMM_MAX_MACS, conv2d_act_constant
+from fastconv.ops.shuffle_cat_conv2d_act import _OP as _SHUFFLE_CAT_CONV_OP
 
 # Exact types only: a user's subclass may override forward, and must then run as it is.
 _CONVS = (nn.Conv2d, Conv2d)
@@ -39,6 +40,30 @@ def conv_activation(x: torch.Tensor, conv: nn.Conv2d, activation: Optional[str],
         return conv2d_act_constant(x, *weights.prepared(conv), activation, weights.packed)
     return conv2d_activation(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                              activation)
+
+
+def _fuses_into_shuffle_cat(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether shuffle_cat(a, conv-BN-act(x)) runs as one shuffle_cat_conv2d_act. On the GPU kernels, always (the
+    convolution's epilogue writes the interleaved output). On the CPU, where the fused op computes the convolution
+    the way conv2d_act does, only where that is the small channels_last pointwise GEMM (ShuffleNetV2's 1x1 layers
+    at small batch): larger convolutions run oneDNN on a prepacked weight in inference (conv2d_act_constant),
+    which the fused op does not have."""
+    if x.device.type != "cpu":
+        return True
+    return (x.dim() == 4 and x.dtype in (torch.float32, torch.float64) and x.stride(1) == 1 and type(conv) in _CONVS
+            and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+            and conv.padding in ((0, 0), "valid") and x.numel() * conv.out_channels <= _GEMM_MAX_MACS)
+
+
+def _conv_bn_act_shuffle_cat(a, x, conv, bn, activation, fold: FoldedConvBN):
+    """shuffle_cat(a, conv_bn_act(x, conv, bn, activation, fold)) as one op, BN folded (the caller checked
+    can_fold)."""
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        weight, bias, stride, padding, dilation, groups = fold.prepared(conv, bn)  # resolved once, cached
+        return _SHUFFLE_CAT_CONV_OP.run(a, x, weight, bias, stride, padding, dilation, groups, activation)
+    weight, bias = fold(conv, bn)
+    return ops.shuffle_cat_conv2d_act(a, x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                                      activation)
 
 
 # One step of the plan: (first index, one past the last index, kind, activation); kind is "conv_bn",
@@ -91,11 +116,34 @@ class FusedSequential(Adoptable, nn.Sequential):
         self._folds = {start: FoldedConvBN() for start, _, kind, _ in self._steps if kind == "conv_bn"}
         self._weights = {start: ConvWeights() for start, _, kind, _ in self._steps if kind == "conv"}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _layers(self) -> List[nn.Module]:
         layers = list(self._modules.values())
         if not torch.compiler.is_compiling() and tuple(map(id, layers)) != self._planned:
             self._replan()  # layers were appended, inserted or replaced since the last plan
-        for start, end, kind, activation in self._steps:
+        return layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self._layers(), self._steps)
+
+    def shuffle_cat_after(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``fastconv.ops.shuffle_cat(a, self(x))``: the end of a ShuffleNet v2 unit. When this container ends with
+        a conv-BN-activation that folds (eval), and that convolution runs as the fused op's fast path
+        (_fuses_into_shuffle_cat), its result is written straight into the interleaved output by
+        fastconv.ops.shuffle_cat_conv2d_act instead of making a round trip of its own."""
+        layers = self._layers()
+        steps = self._steps
+        if steps and steps[-1][2] == "conv_bn":
+            start, _, _, activation = steps[-1]
+            conv, bn = layers[start], layers[start + 1]
+            if can_fold(conv, bn):
+                x = self._run(x, layers, steps[:-1])
+                if _fuses_into_shuffle_cat(x, conv):
+                    return _conv_bn_act_shuffle_cat(a, x, conv, bn, activation, self._folds[start])
+                return ops.shuffle_cat(a, conv_bn_act(x, conv, bn, activation, self._folds[start]))
+        return ops.shuffle_cat(a, self._run(x, layers, steps))
+
+    def _run(self, x: torch.Tensor, layers: List[nn.Module], steps: List[_Step]) -> torch.Tensor:
+        for start, end, kind, activation in steps:
             if kind == "conv_bn":
                 x = conv_bn_act(x, layers[start], layers[start + 1], activation, self._folds[start])
             elif kind == "conv":

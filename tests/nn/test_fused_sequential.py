@@ -119,3 +119,53 @@ def test_copies_after_inference():
         buffer.seek(0)
         for copied in (copy.deepcopy(ours), torch.load(buffer, weights_only=False)):
             torch.testing.assert_close(copied(x), expected, rtol=0, atol=0)
+
+
+def _shufflenet_branch():
+    """A ShuffleNet v2 stride-1 branch (1x1-BN-ReLU, depthwise-BN, 1x1-BN-ReLU) with non-trivial BN statistics."""
+    torch.manual_seed(0)
+    branch = FusedSequential(nn.Conv2d(6, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+                             fastconv.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), nn.BatchNorm2d(6),
+                             nn.Conv2d(6, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True))
+    with torch.no_grad():
+        for m in branch.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return branch
+
+
+def _ops_run(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+    return {e.name for e in profile.events() if e.name.startswith("fastconv::")}
+
+
+@pytest.mark.parametrize("grad_mode", [False, True], ids=["inference", "grad"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_shuffle_cat_after_fuses_the_last_conv_in_eval(training, grad_mode):
+    """shuffle_cat_after(a, x) == shuffle_cat(a, branch(x)). In eval, on a small channels_last input (the CPU GEMM
+    path), the last conv-BN-ReLU runs inside shuffle_cat_conv2d_act; in training, conv + batch_norm_act +
+    shuffle_cat (batch statistics cannot be folded)."""
+    branch = _shufflenet_branch().train(training)
+    reference = copy.deepcopy(branch)
+    x = torch.randn(2, 12, 5, 6).contiguous(memory_format=torch.channels_last)
+    a, b = x.chunk(2, dim=1)
+    with torch.set_grad_enabled(grad_mode):
+        ran = _ops_run(lambda: branch.shuffle_cat_after(a, b))
+        got = branch.shuffle_cat_after(a, b)
+        want = fastconv.ops.shuffle_cat(a, nn.Sequential.forward(reference, b))
+    rtol, atol = TOLERANCES[torch.float32]
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    assert ("fastconv::shuffle_cat_conv2d_act" in ran) == (not training), ran
+    assert ("fastconv::shuffle_cat" in ran) == training, ran
+
+
+def test_shuffle_cat_after_keeps_prepacked_convolutions_on_the_cpu():
+    """Above the CPU GEMM's size bound the convolution runs oneDNN prepacked in inference: not fused there."""
+    branch = _shufflenet_branch().eval()
+    x = torch.randn(64, 12, 112, 112).contiguous(memory_format=torch.channels_last)[:1].expand(40, -1, -1, -1)
+    a, b = x.chunk(2, dim=1)
+    with torch.inference_mode():
+        ran = _ops_run(lambda: branch.shuffle_cat_after(a, b))
+    assert "fastconv::shuffle_cat_conv2d_act" not in ran and "fastconv::shuffle_cat" in ran, ran
