@@ -61,16 +61,14 @@ TAIL_VARIANTS = ["reference-eager", "reference-compile"] + [
 @pytest.mark.parametrize("case", TAIL_CASES)
 def test_shuffle_cat_conv2d_act(benchmark, timed, case, variant):
     benchmark.group = case.label
-    a, input, weight, bias = case.make_inputs()
-    conv_args = (weight, bias, 1, 0, 1, 1, "relu")  # the public ops' arguments; the reference's are resolved
-    resolved = (weight, bias, (1, 1), (0, 0, 0, 0), (1, 1), 1, "relu")
+    a, input, *conv_args = case.make_inputs()
     backend = None
     if variant == "reference-eager":
-        fn = lambda: _reference.shuffle_cat_conv2d_act(a, input, *resolved)  # noqa: E731
+        fn = lambda: _bench.shuffle_cat_conv2d_act_reference(a, input, *conv_args)  # noqa: E731
     elif variant == "reference-compile":
         torch._dynamo.reset()
-        compiled = torch.compile(_reference.shuffle_cat_conv2d_act, fullgraph=True, dynamic=False)
-        fn = lambda: compiled(a, input, *resolved)  # noqa: E731
+        compiled = torch.compile(_bench.shuffle_cat_conv2d_act_reference, fullgraph=True, dynamic=False)
+        fn = lambda: compiled(a, input, *conv_args)  # noqa: E731
     else:
         backend = variant.split("-")[1]
         if backend not in _bench.fastconv_backends("shuffle_cat_conv2d_act", DEVICE):

@@ -111,6 +111,10 @@ def _op_suite(device, quick):
                             fastconv.ops.channel_shuffle, _reference.channel_shuffle),
         "shuffle_cat": (cases(lambda d, f: _bench.shuffle_cat_cases(device, d, f, batches, multipliers)),
                         fastconv.ops.shuffle_cat, _reference.shuffle_cat),
+        # The ShuffleNetV2 unit's tail (1x1 conv + ReLU, then shuffle_cat): one op vs ATen's four.
+        "shuffle_cat_conv2d_act": (cases(lambda d, f: _bench.shuffle_cat_conv_cases(device, d, f, batches,
+                                                                                    multipliers)),
+                                   fastconv.ops.shuffle_cat_conv2d_act, _bench.shuffle_cat_conv2d_act_reference),
         "squeeze_excite": (cases(lambda d, f: _bench.squeeze_excite_cases(device, d, f, batches)),
                            fastconv.ops.squeeze_excite, _reference.squeeze_excite),
         "depthwise_conv2d": (cases(lambda d, f: _bench.depthwise_conv2d_cases(device, d, f, batches)),

@@ -88,7 +88,8 @@ def shuffle_cat_cases(device, dtype, memory_format, batches, multipliers) -> Lis
 def shuffle_cat_conv_cases(device, dtype, memory_format, batches, multipliers) -> List[OpCase]:
     """The tail of every stride-1 ShuffleNetV2 unit: the branch's last 1x1 conv (BN folded) + ReLU, then
     shuffle_cat with the other half; a and the branch's input are the two halves of one tensor (the unit's
-    split). Inputs: (a, input, weight, bias); the convolution is 1x1, stride 1, no padding, ReLU."""
+    split). Inputs: the public op's arguments (a, input, weight, bias, stride, padding, dilation, groups,
+    activation): 1x1, stride 1, no padding, ReLU (shuffle_cat_conv2d_act_reference takes the same)."""
     cases = []
     element = torch.empty((), dtype=dtype).element_size()
     for multiplier in multipliers:
@@ -100,7 +101,7 @@ def shuffle_cat_conv_cases(device, dtype, memory_format, batches, multipliers) -
                     a, branch = x.contiguous(memory_format=memory_format).chunk(2, dim=1)
                     weight = torch.randn(half, half, 1, 1, device=device, dtype=dtype) / half**0.5
                     bias = torch.randn(half, device=device, dtype=dtype)
-                    return a, branch, weight, bias
+                    return a, branch, weight, bias, 1, 0, 1, 1, "relu"
 
                 numel = batch * half * size * size
                 label = (f"shufflenet_v2_{multiplier} stage{stage + 2} tail {[batch, half, size, size]} "
@@ -418,6 +419,16 @@ def depthwise_conv2d_reference(input, weight, bias, stride, padding, dilation, a
 
     stride, padding, dilation = resolve_depthwise_conv2d_args(weight, stride, padding, dilation)
     return _reference.depthwise_conv2d(input, weight, bias, stride, padding, dilation, activation)
+
+
+def shuffle_cat_conv2d_act_reference(a, input, weight, bias, stride, padding, dilation, groups, activation):
+    """The reference with the public function's argument forms: ATen's convolution, activation, cat and
+    channel_shuffle."""
+    from fastconv.ops import _reference
+    from fastconv.ops._checks import resolve_conv2d_act_args
+
+    stride, padding, dilation, groups = resolve_conv2d_act_args(weight, stride, padding, dilation, groups)
+    return _reference.shuffle_cat_conv2d_act(a, input, weight, bias, stride, padding, dilation, groups, activation)
 
 
 def forward_backward(fn):

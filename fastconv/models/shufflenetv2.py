@@ -3,7 +3,8 @@ Design", ECCV 2018), with torchvision's module names and state_dict keys.
 
 Each unit splits its input in two channel halves (a free view), transforms one half, and joins the two with a
 channel shuffle of 2 groups. fastconv runs the join as one op (fastconv.ops.shuffle_cat), and the next
-unit's split stays a view. The conv-BN(-ReLU) runs (stem, branches, conv5) are FusedSequential: BN folded
+unit's split stays a view; in eval the branch's last conv-BN-ReLU joins it too (fastconv.ops.shuffle_cat_conv2d_act:
+the convolution writes the interleaved output's odd channels directly; see FusedSequential.shuffle_cat_after). The conv-BN(-ReLU) runs (stem, branches, conv5) are FusedSequential: BN folded
 into the convolution in eval, BN with its ReLU as one op in training.
 """
 from typing import List
