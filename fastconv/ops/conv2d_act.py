@@ -263,8 +263,14 @@ torch.library.register_fake("fastconv::_conv2d_act_backward")(_backward_fake)
 # --- autograd of the Triton op (the C++ op's forward is in csrc/autograd.cpp, the same contract) and of both
 # backward ops (the double backward) ----------------------------------------------------------------------------
 def _setup_forward(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, activation = inputs
-    wants = ctx.needs_input_grad[:3]
+    save_for_conv_backward(ctx, ctx.needs_input_grad[:3], inputs, output)
+
+
+def save_for_conv_backward(ctx, wants, conv_inputs, output):
+    """Saves what conv2d_act's backward needs for the gradients `wants` (input, weight, bias): the weight always,
+    the input for grad_weight or hardswish/silu, the bias for hardswish/silu, `output` for relu/relu6; and
+    ctx.input_size, ctx.has_bias, ctx.conv_args. The same contract as csrc/autograd.cpp's save_conv_inputs."""
+    input, weight, bias, stride, padding, dilation, groups, activation = conv_inputs
     any_grad = any(wants)
     preact = activation in ("hardswish", "silu")
     ctx.input_size = tuple(input.shape)

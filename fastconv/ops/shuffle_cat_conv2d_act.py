@@ -21,7 +21,7 @@ import torch
 from fastconv.ops import _reference
 from fastconv.ops._checks import check_shuffle_cat_conv2d_act_args, resolve_conv2d_act_args
 from fastconv.ops._registry import register_op
-from fastconv.ops.conv2d_act import _conv2d_act_backward_triton
+from fastconv.ops.conv2d_act import _conv2d_act_backward_triton, save_for_conv_backward
 from fastconv.ops.shuffle_cat import _empty, shuffle_cat_backward_triton, shuffle_cat_memory_format
 
 _PairOrInt = Union[int, Sequence[int]]
@@ -87,21 +87,8 @@ shuffle_cat_conv2d_act_triton.register_fake(_fake)
 
 
 def _setup_context(ctx, inputs, output):
-    """What conv2d_act's backward needs (the same contract as csrc/autograd.cpp's save_conv_inputs): the input for
-    grad_weight or hardswish/silu, the bias for hardswish/silu, the output for relu/relu6 (its odd channels)."""
-    a, input, weight, bias, stride, padding, dilation, groups, activation = inputs
-    wants = ctx.needs_input_grad[1:4]
-    any_grad = any(wants)
-    preact = activation in ("hardswish", "silu")
-    ctx.input_size = tuple(input.shape)
-    ctx.has_bias = bias is not None
-    ctx.conv_args = (stride, padding, dilation, groups, activation)
-    ctx.save_for_backward(
-        input if wants[1] or (preact and any_grad) else None,
-        weight,
-        bias if preact and any_grad else None,
-        output if activation in ("relu", "relu6") and any_grad else None,
-    )
+    """conv2d_act's saved tensors; for relu/relu6 the whole output, whose odd channels are the convolution's."""
+    save_for_conv_backward(ctx, ctx.needs_input_grad[1:4], inputs[1:], output)
 
 
 def _grad(ctx, grad_output):
