@@ -91,7 +91,16 @@ char* stack_for(size_t i) {
   return pool[i];
 }
 
-unsigned int linear_thread(const dim3& t, const dim3& block) { return t.x + block.x * (t.y + block.y * t.z); }
+// FASTCONV_EMU_ORDER=reverse runs a block's threads from the last to the first between barriers. A thread that
+// reads shared memory another thread writes without a barrier between them sees the old bytes (or the poison)
+// in one of the two orders, so running the tests in both finds most missing __syncthreads.
+bool reverse_order() {
+  static const bool reverse = [] {
+    const char* order = std::getenv("FASTCONV_EMU_ORDER");
+    return order != nullptr && std::string(order) == "reverse";
+  }();
+  return reverse;
+}
 
 void yield_to_scheduler() {
   Block& b = *g_block;
@@ -152,7 +161,8 @@ void run_block(const LaunchConfig& config, const dim3& block_index, const std::f
   }
   while (b.live > 0) {
     const unsigned long long before = b.events;
-    for (unsigned int i = 0; i < threads; ++i) {
+    for (unsigned int k = 0; k < threads; ++k) {
+      const unsigned int i = reverse_order() ? threads - 1 - k : k;
       if (b.fibers[i].done) continue;
       b.current = static_cast<int>(i);
       g_thread_idx = b.fibers[i].index;
