@@ -16,6 +16,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TREE = ROOT / "build" / "cuda_emu"
+ASAN_TREE = ROOT / "build" / "cuda_emu_asan"
 
 # What the copy does not run, and why:
 DESELECT = [
@@ -30,18 +31,24 @@ DESELECT = [
 ]
 
 
-def _run(args, cwd, timeout):
-    env = {**os.environ, "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
-    env.pop("PYTHONPATH", None)
+def _run(args, cwd, timeout, **env_overrides):
+    # PYTHONPATH = the copy: its fastconv, not the repository's (an editable install would otherwise win for
+    # scripts, whose sys.path[0] is their own folder).
+    env = {**os.environ, "MAX_JOBS": os.environ.get("MAX_JOBS", "2"), "PYTHONPATH": str(cwd), **env_overrides}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _build(tree, *flags):
+    if os.environ.get("FASTCONV_SKIP_CUDA_EMULATION") == "1":  # local iteration only; CI never sets it
+        pytest.skip("FASTCONV_SKIP_CUDA_EMULATION=1")
+    built = _run([sys.executable, str(ROOT / "scripts" / "cuda_emu" / "build.py"), str(tree), *flags], ROOT, 2400)
+    assert built.returncode == 0, f"building the emulated CUDA kernels failed:\n{built.stdout[-4000:]}\n{built.stderr[-8000:]}"
+    return tree
 
 
 @pytest.fixture(scope="module")
 def emulated_tree():
-    if os.environ.get("FASTCONV_SKIP_CUDA_EMULATION") == "1":  # local iteration only; CI never sets it
-        pytest.skip("FASTCONV_SKIP_CUDA_EMULATION=1")
-    built = _run([sys.executable, str(ROOT / "scripts" / "cuda_emu" / "build.py"), str(TREE)], ROOT, 2400)
-    assert built.returncode == 0, f"building the emulated CUDA kernels failed:\n{built.stdout[-4000:]}\n{built.stderr[-8000:]}"
+    _build(TREE)
     probe = _run([sys.executable, "-c", "import fastconv; print(fastconv.BUILD_INFO.get('cuda_emulation'))"], TREE, 300)
     assert probe.stdout.strip() == "True", f"the copy does not import its emulated build:\n{probe.stdout}\n{probe.stderr}"
     return TREE
@@ -63,3 +70,21 @@ def test_cuda_kernels_pass_the_ops_tests_emulated(emulated_tree, order, monkeypa
     print(f"emulated CUDA kernels ({order} thread order), tests/ops -k {selection!r}: {summary}")
     assert result.returncode == 0, f"ops tests on the emulated CUDA kernels failed:\n{result.stdout[-20000:]}\n{result.stderr[-4000:]}"
     assert " passed" in summary and "failed" not in summary
+
+
+def test_cuda_kernels_stay_in_bounds_under_asan():
+    """scripts/sanitizer_cases.py (compute-sanitizer's cases) on the emulated kernels built with AddressSanitizer:
+    every tensor is a heap allocation with red zones, so a global read or write out of bounds is reported, as
+    memcheck would on a GPU. A planted `u <= total_units` in channel_shuffle.cu was reported (heap-buffer-overflow,
+    WRITE of size 4, 0 bytes right of the output)."""
+    sys.path.insert(0, str(ROOT / "scripts" / "cuda_emu"))
+    try:
+        from build import asan_environment
+    finally:
+        sys.path.pop(0)
+    tree = _build(ASAN_TREE, "--asan")
+    result = _run([sys.executable, "scripts/sanitizer_cases.py", "cpu"], tree, 1800, **asan_environment())
+    report = result.stdout + result.stderr
+    assert result.returncode == 0 and "ERROR: AddressSanitizer" not in report, (
+        f"sanitizer cases under ASan failed:\n{report[-12000:]}")
+    assert report.count("\nran ") + report.startswith("ran ") >= 30, f"the cases did not run:\n{report[-4000:]}"

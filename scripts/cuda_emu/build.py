@@ -6,6 +6,7 @@ TREE gets the repository's files and a fastconv._C made of csrc/fastconv.cpp, cs
 csrc/cuda/*.cu rewritten as C++ and registered for the CPU: in TREE, the "cpu" backend runs the CUDA kernels'
 code. Run the ops tests there with `-k cpu-cpu` (see README.md). Incremental: ninja rebuilds what changed.
 """
+import os
 import pathlib
 import re
 import shutil
@@ -105,7 +106,7 @@ def copy_tree(tree):
             shutil.copyfile(source, target)
 
 
-def build(tree):
+def build(tree, asan=False):
     tree.mkdir(parents=True, exist_ok=True)
     copy_tree(tree)
     sources = tree / "build" / "emu_src"
@@ -123,14 +124,18 @@ def build(tree):
             if registrations != 1:
                 sys.exit(f"{path.name}: expected one TORCH_LIBRARY_IMPL(fastconv, CUDA, ...), found {registrations}")
             emulated.append(str(target))
-    objects = tree / "build" / "emu_obj"
+    objects = tree / "build" / ("emu_obj_asan" if asan else "emu_obj")
     objects.mkdir(parents=True, exist_ok=True)
+    # AddressSanitizer: every tensor the kernels touch is a CPU heap allocation with red zones around it, so an
+    # out-of-bounds global read or write is reported where compute-sanitizer's memcheck would report it.
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     cpp_extension.load(
         name="_C",
         sources=[str(tree / "csrc" / "fastconv.cpp"), str(tree / "csrc" / "autograd.cpp"), str(HERE / "runtime.cpp")]
         + emulated,
         extra_include_paths=[str(HERE / "include"), str(tree / "csrc"), str(tree / "csrc" / "include")],
-        extra_cflags=["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-DFASTCONV_CUDA_EMULATION"],
+        extra_cflags=["-O2", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-DFASTCONV_CUDA_EMULATION"] + sanitize,
+        extra_ldflags=sanitize,
         build_directory=str(objects),
         is_python_module=False,
         verbose=False,
@@ -145,6 +150,19 @@ def build(tree):
     return tree
 
 
+def asan_environment():
+    """The environment an --asan build is loaded in: ASan's runtime preloaded (Python is not instrumented)."""
+    # libstdc++ too: ASan resolves the real __cxa_throw when it starts, and Triton's extension throws on import.
+    libraries = [
+        subprocess.run(["c++", f"-print-file-name={name}"], check=True, capture_output=True, text=True).stdout.strip()
+        for name in ("libasan.so", "libstdc++.so.6")
+    ]
+    return {"LD_PRELOAD": " ".join(libraries), "ASAN_OPTIONS": "detect_leaks=0"}
+
+
 if __name__ == "__main__":
-    target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "cuda_emu"
-    print(build(target.resolve()))
+    if "--asan" in sys.argv[1:] and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **asan_environment()})
+    arguments = [a for a in sys.argv[1:] if a != "--asan"]
+    target = pathlib.Path(arguments[0]) if arguments else ROOT / "build" / "cuda_emu"
+    print(build(target.resolve(), asan="--asan" in sys.argv[1:]))
