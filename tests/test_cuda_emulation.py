@@ -7,6 +7,7 @@ That is the only run those kernels get on a machine without a GPU (CI's). A fail
 in the copy; its output is shown. The build takes ~1.5 minutes on 2 cores (later ones rebuild what changed),
 each run ~3 minutes; FASTCONV_SKIP_CUDA_EMULATION=1 skips it while iterating on something else.
 """
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -77,13 +78,13 @@ def test_cuda_kernels_stay_in_bounds_under_asan():
     every tensor is a heap allocation with red zones, so a global read or write out of bounds is reported, as
     memcheck would on a GPU. A planted `u <= total_units` in channel_shuffle.cu was reported (heap-buffer-overflow,
     WRITE of size 4, 0 bytes right of the output)."""
-    sys.path.insert(0, str(ROOT / "scripts" / "cuda_emu"))
-    try:
-        from build import asan_environment
-    finally:
-        sys.path.pop(0)
+    # Loaded by path under its own name: a plain `import build` would take whatever module named `build` comes
+    # first on sys.path (a stray build/ namespace package, or setuptools' own), and would stay cached as `build`.
+    spec = importlib.util.spec_from_file_location("fastconv_cuda_emu_build", ROOT / "scripts" / "cuda_emu" / "build.py")
+    emu_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emu_build)
     tree = _build(ASAN_TREE, "--asan")
-    result = _run([sys.executable, "scripts/sanitizer_cases.py", "cpu"], tree, 1800, **asan_environment())
+    result = _run([sys.executable, "scripts/sanitizer_cases.py", "cpu"], tree, 1800, **emu_build.asan_environment())
     report = result.stdout + result.stderr
     assert result.returncode == 0 and "ERROR: AddressSanitizer" not in report, (
         f"sanitizer cases under ASan failed:\n{report[-12000:]}")
