@@ -76,6 +76,10 @@ class Sample:
         return tuple(out)
 
 
+def _narrower(*dtypes):
+    return max(dtypes, key=lambda d: torch.finfo(d).eps)
+
+
 def _float64(args):
     return tuple(
         a.detach().double().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and a.is_floating_point()
@@ -151,6 +155,50 @@ class OpHarness:
             if dtype == torch.float32 and not self.exact:  # reductions: see tests/tolerances.py
                 got, want = scaled_to_output(got, want)
             torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"arg {position}: {m}")
+
+    def check_autocast(self, sample: Sample, backend, device, autocast_dtype, expected_cast, mixed, grad_values=True):
+        """The op under torch.autocast(device, autocast_dtype), from float32 arguments, or (mixed) with the main
+        input already in autocast_dtype, as an ATen op before it would leave it. `expected_cast(args, dtype)` gives
+        the arguments as the op's autocast rule should cast them (the test's own statement of the rule); the output
+        must equal the float64 reference on those, in the output's dtype's tolerance, and every gradient must come
+        back in its argument's own dtype (float32 parameters get float32 gradients through the casts) and, with
+        grad_values, equal the reference's."""
+        self._skip_unsupported(backend, device, autocast_dtype)
+        args = list(sample.materialize(device, torch.float32))
+        main = sample.layout_args[0]
+        if mixed:
+            args[main] = args[main].to(autocast_dtype)
+        for position in sample.grad:
+            args[position] = args[position].detach().requires_grad_(True)
+        cast = expected_cast(tuple(args), autocast_dtype)
+        cast64 = _float64(cast)  # (before the run: batch_norm_act updates its running statistics in place)
+        expected = self.reference64(*cast64)
+        with torch.autocast(device, dtype=autocast_dtype):
+            out = self.run(backend, args)
+        out_dtype = cast[main].dtype
+        assert out.dtype == out_dtype, f"under autocast the output is {out.dtype}, expected {out_dtype}"
+        rtol, atol = tolerance(out_dtype, self.exact)
+        if backend == "reference":
+            # ATen's composition: autocast runs its inner ops (squeeze_excite's two convolutions) in the autocast
+            # dtype whatever the fused op's rule does with its arguments; the output dtype still follows the rule.
+            rtol, atol = tolerance(_narrower(out_dtype, autocast_dtype), self.exact)
+        torch.testing.assert_close(out.double(), expected.double(), rtol=rtol, atol=atol)
+        grad_out = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [args[i] for i in sample.grad], grad_out)
+        want = torch.autograd.grad(expected, [cast64[i] for i in sample.grad], grad_out.double())
+        for position, got, w in zip(sample.grad, grads, want):
+            assert got.dtype == args[position].dtype, f"grad of argument {position} has dtype {got.dtype}"
+            if not grad_values:
+                continue
+            # The gradient went through the op in the cast argument's dtype, then back through the cast, which
+            # rounds it to the argument's dtype when that is the narrower (shuffle_cat's promotion): the reference's
+            # is rounded likewise, and the narrower dtype's tolerance applies.
+            narrower = _narrower(cast[position].dtype, args[position].dtype)
+            rtol, atol = tolerance(narrower, self.exact)
+            got, w = got.double(), w.to(args[position].dtype).double()
+            if narrower == torch.float32 and not self.exact:  # reductions: see tests/tolerances.py
+                got, w = scaled_to_output(got, w)
+            torch.testing.assert_close(got, w, rtol=rtol, atol=atol, msg=lambda m: f"arg {position}: {m}")
 
     def check_gradcheck(self, sample: Sample, backend, device, layout="contiguous", gradgrad=True, fast_mode=False):
         """fast_mode: torch's fast gradcheck (random projections; for ops whose full Jacobians are slow).

@@ -3,11 +3,12 @@
 The C++ schemas live in csrc/fastconv.cpp; this table is what the backend switch, `python -m fastconv info`,
 the tests and the benches iterate over, so a new op is covered everywhere by registering it here.
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
 from fastconv import _backend
+from fastconv.ops import _autocast
 
 
 def _is_mutating(op) -> bool:
@@ -49,6 +50,7 @@ class OpEntry:
         self.implementations = {b: getattr(impl, "default", impl) if isinstance(impl, torch._ops.OpOverloadPacket)
                                 else impl for b, impl in implementations.items()}
         self.backends = tuple(b for b in _backend.BACKENDS[1:] if b in implementations)
+        self.autocast = None  # the op's rule under torch.autocast (fastconv.ops._autocast.RULES), set by register_op
         # Custom ops with Python autograd (the Triton ops: not the plain-ATen reference, not the C++ ops of the cpu
         # and cuda backends) that write no argument take _call's fast path.
         self._fast_path = {b: b not in _NO_PYTHON_AUTOGRAD_BACKENDS and not _is_mutating(impl)
@@ -62,18 +64,24 @@ class OpEntry:
         return self.implementations[_backend.resolve(self.name, self.backends, input.device.type, input)]
 
     def run(self, input, *args):
-        """Run the implementation `select(input)` picks on (input, *args) (see _call)."""
+        """Run the implementation `select(input)` picks on (input, *args) (see _call), the arguments cast by the
+        op's autocast rule first when autocast is on."""
+        if self.autocast is not None:
+            input, *args = _autocast.cast(self.autocast, (input, *args))
         backend = _backend.resolve(self.name, self.backends, input.device.type, input)
         if self._fast_path[backend]:
             return _call(self.implementations[backend], True, input, *args)
         return self.implementations[backend](input, *args)  # (one Python frame less: ~0.2 us of a 5 us call)
 
     def run_backend(self, backend: str, *args):
+        if self.autocast is not None:
+            args = _autocast.cast(self.autocast, args)
         return _call(self.implementations[backend], self._fast_path[backend], *args)
 
     def runner(self, backend: str, *args) -> Callable:
         """A function of the main input: what run_backend(backend, input, *args) does without grad mode, with its
-        choice made once (for callers that hold the other arguments constant and run without grad mode)."""
+        choice made once (for callers that hold the other arguments constant and run without grad mode, and not
+        under autocast: it casts nothing)."""
         implementation = self.implementations[backend]
         if not self._fast_path[backend]:
             return lambda input: implementation(input, *args)
@@ -87,8 +95,16 @@ class OpEntry:
 OPS: Dict[str, OpEntry] = {}
 
 
-def register_op(name: str, **implementations: Callable) -> OpEntry:
+def register_op(name: str, autocast: Optional[str] = None, **implementations: Callable) -> OpEntry:
+    """Add op `name` to the table with its implementation per backend. `autocast` names the op's rule under
+    torch.autocast (fastconv.ops._autocast.RULES), given to its custom ops (not to the reference, whose ATen ops
+    have their own); None leaves the op without one."""
     if name in OPS:
         raise ValueError(f"fastconv: op {name!r} is already registered")
-    OPS[name] = OpEntry(name, implementations)
-    return OPS[name]
+    OPS[name] = entry = OpEntry(name, implementations)
+    if autocast is not None:
+        entry.autocast = _autocast.RULES[autocast]
+        custom_ops = {b: entry.implementations[b] for b in entry.backends if b != "reference"}
+        for op in {id(op): op for op in custom_ops.values()}.values():  # cpu and cuda share one C++ op
+            _autocast.register(op, autocast)
+    return entry

@@ -55,17 +55,11 @@ def deform_conv2d(
     Returns:
         ``(N, C_out, H_out, W_out)`` in the input's memory format. Sampling is bilinear, zero outside the image.
         Under autocast every tensor runs in the autocast dtype (float16/bfloat16) with float32 accumulation
-        inside the kernels, rather than torchvision's upcast to float32.
+        inside the kernels, rather than torchvision's upcast to float32 (the op's rule: fastconv.ops._autocast).
     """
     stride = deform_pair(stride, "stride")
     padding = deform_pair(padding, "padding")
     dilation = deform_pair(dilation, "dilation")
-    device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        input, offset, weight = input.to(dtype), offset.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-        mask = mask.to(dtype) if mask is not None else None
     return _OP.run(input, offset, weight, bias, stride, padding, dilation, mask)
 
 
@@ -203,6 +197,7 @@ _deform_conv2d_backward_triton.register_autograd(_backward_grad, setup_context=_
 
 _OP = register_op(
     "deform_conv2d",
+    autocast="lower",
     cpu=torch.ops.fastconv.deform_conv2d,
     cuda=torch.ops.fastconv.deform_conv2d,
     triton=deform_conv2d_triton,

@@ -225,6 +225,7 @@ _depthwise_conv2d_backward_triton.register_autograd(_backward_grad, setup_contex
 
 _OP = register_op(
     "depthwise_conv2d",
+    autocast="lower",
     cpu=torch.ops.fastconv.depthwise_conv2d,
     cuda=torch.ops.fastconv.depthwise_conv2d,
     triton=depthwise_conv2d_triton,

@@ -113,6 +113,7 @@ shuffle_cat_backward_triton.register_autograd(_shuffle_cat_backward_triton_grad)
 
 _OP = register_op(
     "shuffle_cat",
+    autocast="promote",
     cpu=torch.ops.fastconv.shuffle_cat,
     cuda=torch.ops.fastconv.shuffle_cat,
     triton=shuffle_cat_triton,

@@ -108,6 +108,7 @@ shuffle_cat_conv2d_act_triton.register_autograd(_grad, setup_context=_setup_cont
 
 _OP = register_op(
     "shuffle_cat_conv2d_act",
+    autocast="lower",
     cpu=torch.ops.fastconv.shuffle_cat_conv2d_act,
     cuda=torch.ops.fastconv.shuffle_cat_conv2d_act,
     triton=shuffle_cat_conv2d_act_triton,

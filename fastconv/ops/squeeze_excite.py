@@ -158,6 +158,7 @@ _squeeze_excite_backward_triton.register_autograd(_squeeze_excite_double_backwar
 
 _OP = register_op(
     "squeeze_excite",
+    autocast="input",
     cpu=torch.ops.fastconv.squeeze_excite,
     cuda=torch.ops.fastconv.squeeze_excite,
     triton=squeeze_excite_triton,

@@ -10,7 +10,7 @@ import torchvision
 
 import fastconv
 from fastconv import models
-from tolerances import DEEP_NETWORK_GRAD_FLOAT64, TOLERANCES, scaled_to_output
+from tolerances import AUTOCAST_NETWORK_ERROR_RATIO, DEEP_NETWORK_GRAD_FLOAT64, TOLERANCES, scaled_to_output
 
 REFERENCE_NAMES = {"shufflenet_v2": "shufflenet_v2_x1_0"}
 # Small inputs keep the file fast on 2 cores; every listed net reduces 64 px to at least 2x2 before pooling.
@@ -159,6 +159,39 @@ def test_num_classes_and_channels_last(name):
         for got, expected in zip(output_tensors(out), output_tensors(reference.eval()(x))):
             torch.testing.assert_close(*scaled_to_output(got, expected), rtol=rtol, atol=atol)
     assert all(t.shape[:2] == (1, 10) for t in output_tensors(out))
+
+
+@pytest.mark.parametrize("name, mode", [(n, m) for n in LIGHT for m in ("eval", "train")
+                                         if m == "eval" or n not in TRAIN_CHECKED_ELSEWHERE])
+def test_autocast_like_reference(name, mode):
+    """Under torch.autocast (bfloat16 on the CPU) the model runs, its outputs have torchvision's dtypes, its error
+    from float64 stays within tests/tolerances.py's ratio of torchvision's under the same autocast, and a training
+    step gives float32 gradients. Without the ops' autocast rules (fastconv.ops._autocast) MobileNetV3 and
+    DenseNet raised: a bfloat16 activation met a float32 weight."""
+    ours, reference = pair(name)
+    randomize_batch_norm(reference)
+    ours.load_state_dict(reference.state_dict())
+    reference64 = copy.deepcopy(reference).double()
+    for model in (ours, reference, reference64):
+        getattr(model, mode)()
+    x = torch.randn(2, 3, resolution(name), resolution(name))
+    torch.manual_seed(1)  # the same dropout masks in all three
+    expected = output_tensors(reference64(x.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        got = output_tensors(ours(x))
+        torch.manual_seed(1)
+        theirs = output_tensors(reference(x))
+    for g, t, e in zip(got, theirs, expected):
+        assert g.dtype == t.dtype
+        scale = e.abs().max().item()
+        error, reference_error = (g.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
+        assert error <= AUTOCAST_NETWORK_ERROR_RATIO * reference_error + 2**-9 * scale, (
+            f"error from float64 {error:.3g}, torchvision's under autocast {reference_error:.3g}, scale {scale:.3g}")
+    if mode == "train":
+        sum(t.float().square().mean() for t in got).backward()
+        grads = [p.grad for p in ours.parameters() if p.requires_grad]
+        assert grads and all(g is not None and g.dtype == torch.float32 and g.isfinite().all() for g in grads)
 
 
 def test_reference_backend_runs_plain_aten():
