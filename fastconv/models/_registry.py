@@ -1,12 +1,13 @@
 """The model registry: builders named and shaped like torchvision's (timm's where only timm has the net).
 
-`weights=` takes a torchvision weights enum or its name ("ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1",
-"DEFAULT" is not accepted without the enum), fetched through torchvision (so it works wherever torchvision
-has network), or a local checkpoint path. For the timm-compatible models (builders that pass `timm_name`), a
-string that is not a file is a timm pretrained tag ("tf_in1k" or "legacy_xception.tf_in1k"), fetched through
-timm (an optional dependency: imported only then). State_dict keys equal the reference's, so its checkpoints
-load with strict=True.
+`weights=` takes a torchvision weights enum or its name, as torchvision's builders do
+("ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1", "IMAGENET1K_V1", "DEFAULT"; another model's enum raises), fetched
+through torchvision (so it works wherever torchvision has network), or a local checkpoint path. For the
+timm-compatible models (builders that pass `timm_name`), a string that is not a file is a timm pretrained tag
+("tf_in1k" or "legacy_xception.tf_in1k"), fetched through timm (an optional dependency: imported only then).
+State_dict keys equal the reference's, so its checkpoints load with strict=True.
 """
+import functools
 import os
 from typing import Callable, Dict, List, Optional
 
@@ -17,13 +18,43 @@ from fastconv.models._layout import compute_in_channels_last
 _MODELS: Dict[str, Callable] = {}
 
 
+def _torchvision_weights_class(name: str):
+    """torchvision's weights enum for its builder `name`, or None where torchvision has no such builder."""
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        return None
+    return torchvision.models.get_model_weights(name)
+
+
 def register_model(builder: Callable) -> Callable:
-    """Register `builder` under its function name; registering a name twice raises."""
+    """Register `builder` under its function name; registering a name twice raises. For a builder torchvision
+    also has, the registered (and returned) builder first resolves a torchvision `weights=` as torchvision's own
+    does (the weights enum's `verify`): short names such as "DEFAULT" are accepted and another model's weights
+    raise before any download."""
     name = builder.__name__
     if name in _MODELS:
         raise ValueError(f"fastconv.models: a model named {name!r} is already registered")
+    weights_class = _torchvision_weights_class(name)
+    if weights_class is not None:
+        builder = _verifying_weights(builder, weights_class)
     _MODELS[name] = builder
     return builder
+
+
+def _verifying_weights(builder: Callable, weights_class) -> Callable:
+    @functools.wraps(builder)
+    def with_verified_weights(*, weights=None, **kwargs):
+        if weights is not None and not is_checkpoint_path(weights):
+            try:
+                weights = weights_class.verify(weights)
+            except KeyError:
+                raise ValueError(f"{builder.__name__}: weights={weights!r} is neither a local file nor a weight of "
+                                 f"{weights_class.__name__} ({', '.join(['DEFAULT'] + [w.name for w in weights_class])})"
+                                 ) from None
+        return builder(weights=weights, **kwargs)
+
+    return with_verified_weights
 
 
 def list_models() -> List[str]:

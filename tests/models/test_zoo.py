@@ -215,6 +215,22 @@ def test_weights_from_a_local_file_and_num_classes_check(tmp_path):
         models.shufflenet_v2_x0_5(weights=weights, num_classes=7)
 
 
+@pytest.mark.parametrize("name", [n for n in models.list_models() if n in torchvision.models.list_models()])
+def test_weights_names_resolve_as_torchvision(name):
+    """"DEFAULT", the short and the full enum name resolve to the builder's torchvision weights (shown without
+    network: the num_classes check against their categories raises before any download); another model's
+    weights and an unknown name raise."""
+    weights_class = torchvision.models.get_model_weights(name)
+    for weights in ("DEFAULT", weights_class.DEFAULT.name, str(weights_class.DEFAULT)):
+        with pytest.raises(ValueError, match="'num_classes' expected value"):
+            models.get_model(name, weights=weights, num_classes=7)
+    other = torchvision.models.get_model_weights("alexnet" if name != "alexnet" else "vgg11").DEFAULT
+    with pytest.raises(TypeError, match="Invalid Weight class"):
+        models.get_model(name, weights=other)
+    with pytest.raises(ValueError, match="neither a local file nor a weight of"):
+        models.get_model(name, weights="IMAGENET9K_V9")
+
+
 def test_registry():
     assert "shufflenet_v2" in models.list_models()
     assert isinstance(models.get_model("shufflenet_v2"), models.ShuffleNetV2)
