@@ -2,8 +2,31 @@ from typing import Optional
 
 import torch
 
+import torch.nn.functional as F
+
 from fastconv import ops
 from fastconv.ops._checks import check_activation
+
+# Each fused activation as a function (in place: applied to a fresh result).
+_APPLY = {
+    "relu": lambda x: F.relu(x, inplace=True),
+    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0, inplace=True),
+    "hardswish": lambda x: F.hardswish(x, inplace=True),
+    "silu": lambda x: F.silu(x, inplace=True),
+}
+# The same out of place: for the output of a module with hooks, which a hook may have kept.
+APPLY_OUT_OF_PLACE = {
+    "relu": F.relu,
+    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "hardswish": F.hardswish,
+    "silu": F.silu,
+}
+
+
+def has_hooks(module: torch.nn.Module) -> bool:
+    """Whether `module` has forward hooks or pre-hooks (pruning and the old weight_norm are pre-hooks): a fused
+    call that skips its forward would skip them, so such a module runs as itself."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 class BatchNorm2d(torch.nn.BatchNorm2d):
@@ -26,16 +49,24 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         return text if self.activation is None else f"{text}, activation={self.activation!r}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return batch_norm_module(self, input, self.activation)
+        return _batch_norm_forward(self, input, self.activation)
 
 
 def batch_norm_module(bn: torch.nn.modules.batchnorm._BatchNorm, input: torch.Tensor,
                       activation: Optional[str]) -> torch.Tensor:
-    """``activation(bn(input))`` for any torch BatchNorm module, through fastconv.ops.batch_norm_act.
+    """``activation(bn(input))`` for any torch BatchNorm module, through fastconv.ops.batch_norm_act; a module
+    with hooks runs as ``bn(input)`` (its hooks fire), then the activation.
 
     Mirrors torch.nn.modules.batchnorm._BatchNorm.forward line by line (num_batches_tracked, momentum=None
     as a cumulative average, batch statistics in eval when there are no running statistics).
     """
+    if has_hooks(bn):
+        out = bn(input)
+        return out if activation is None else APPLY_OUT_OF_PLACE[activation](out)
+    return _batch_norm_forward(bn, input, activation)
+
+
+def _batch_norm_forward(bn, input, activation):
     bn._check_input_dim(input)
     exponential_average_factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:

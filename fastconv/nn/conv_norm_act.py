@@ -3,23 +3,16 @@ import copy
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from fastconv import ops
 from fastconv.ops._checks import resolve_conv2d_act_args
 from fastconv.ops.conv2d_act import PackedWeight, conv2d_act_constant
-from fastconv.nn.batchnorm import batch_norm_module
+from fastconv.nn.batchnorm import _APPLY, batch_norm_module, has_hooks
 
 # Activation modules a fused op can apply in its epilogue, by the op's activation name.
 FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
-_APPLY = {
-    "relu": lambda x: F.relu(x, inplace=True),
-    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0, inplace=True),
-    "hardswish": lambda x: F.hardswish(x, inplace=True),
-    "silu": lambda x: F.silu(x, inplace=True),
-}
 
 
 def fold_bn_parameters(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +86,9 @@ class FoldedConvBN:
     """The folded (weight, bias) of a conv + eval-mode BN pair, cached.
 
     Recomputed whenever a parameter or buffer changes (load_state_dict, an optimizer step, ``.to()``:
-    anything that bumps a tensor's version, storage, dtype or device). When gradients flow to the
+    anything that bumps a tensor's version, storage, dtype or device), and after any training-mode call.
+    In-place writes through ``.data`` bump no version: made between two eval calls, with no training call
+    between, they are not seen (call ``invalidate``, or write without ``.data`` under ``torch.no_grad()``). When gradients flow to the
     parameters, or under torch.compile, it folds afresh (differentiable, traceable) instead. Not a Module,
     so holding one adds nothing to a state_dict. In inference it also holds oneDNN's reordered copy of the
     folded weight (``packed``; see fastconv.ops.conv2d_act.PackedWeight), dropped with the fold.
@@ -127,6 +122,11 @@ class FoldedConvBN:
             return fold_bn_parameters(conv, bn)
         return self._cached(conv, bn)
 
+    def invalidate(self):
+        """Drop the fold: the next inference call folds afresh. Run on every training-mode call, so that writes
+        the version counters do not see (through ``.data``) during training are picked up by the next eval."""
+        self._key = None
+
     def _cached(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
         key = self._current_key(conv, bn)
         if key != self._key:
@@ -157,6 +157,10 @@ class ConvWeights:
         self._prepared = None
         self.packed = PackedWeight()
 
+    def invalidate(self):
+        """Drop the prepared weights (as FoldedConvBN.invalidate)."""
+        self._key = None
+
     def prepared(self, conv: nn.Conv2d):
         """``(weight, bias, stride, padding, dilation, groups)`` for ``conv2d_act_constant``."""
         params = conv._parameters
@@ -175,15 +179,20 @@ def conv_constant(x: torch.Tensor, conv: nn.Conv2d, weights: ConvWeights) -> tor
     """``conv(x)``; in inference, for a plain zero-padded ``nn.Conv2d`` without hooks, through conv2d_act_constant on
     `weights` (the convolution's cache: prepacked on the CPU)."""
     if (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and type(conv) is nn.Conv2d
-            and conv.padding_mode == "zeros" and not (conv._forward_hooks or conv._forward_pre_hooks)):
+            and conv.padding_mode == "zeros" and not has_hooks(conv)):
         return conv2d_act_constant(x, *weights.prepared(conv), None, weights.packed)
+    weights.invalidate()
     return conv(x)
 
 
 def can_fold(conv: nn.Module, bn: Optional[nn.Module]) -> bool:
+    """Whether bn(conv(x)) runs as one convolution on folded parameters: an eval-mode BN with running statistics
+    after a zero-padded convolution whose weight is its own parameter (not computed by a parametrization), neither
+    with hooks (which the fused call would skip)."""
     return (
         isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(bn, nn.BatchNorm2d)
         and not bn.training and bn.track_running_stats and bn._buffers.get("running_mean") is not None
+        and "weight" in conv._parameters and not has_hooks(conv) and not has_hooks(bn)
     )
 
 
@@ -191,6 +200,7 @@ def conv_bn_act(x, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: Optional[str
     """act(bn(conv(x))): one fused convolution in eval (BN folded); in training the convolution, then BN
     with the activation fused (fastconv.ops.batch_norm_act)."""
     if not can_fold(conv, bn):
+        fold.invalidate()
         if isinstance(bn, nn.BatchNorm2d) and isinstance(conv, nn.Conv2d):
             return batch_norm_module(bn, conv(x), activation)
         out = bn(conv(x))
@@ -219,6 +229,7 @@ class Conv2dNormActivation(Adoptable, torchvision.ops.misc.Conv2dNormActivation)
 
     def _init_fast_state(self):
         self._fold = FoldedConvBN()
+        self._members = tuple(self._modules.values())
         last = self[-1]
         self._activation = FUSABLE_ACTIVATIONS.get(type(last)) if len(self) > 1 else None
         norm = self[1] if len(self) > 1 and isinstance(self[1], nn.BatchNorm2d) else None
@@ -226,6 +237,10 @@ class Conv2dNormActivation(Adoptable, torchvision.ops.misc.Conv2dNormActivation)
         self._fusable = norm is not None and len(self) == 2 + (self._activation is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._fusable or not isinstance(self[0], nn.Conv2d):
+        members = tuple(self._modules.values())
+        if not torch.compiler.is_compiling() and members != self._members:
+            self._init_fast_state()  # a member was replaced, appended or deleted since construction
+        if not self._fusable or not isinstance(members[0], nn.Conv2d) or (
+                self._activation is not None and has_hooks(members[-1])):
             return super().forward(x)
-        return conv_bn_act(x, self[0], self[1], self._activation, self._fold)
+        return conv_bn_act(x, members[0], members[1], self._activation, self._fold)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fastconv import ops
-from fastconv.nn.batchnorm import BatchNorm2d, batch_norm_module
+from fastconv.nn.batchnorm import APPLY_OUT_OF_PLACE, BatchNorm2d, batch_norm_module, has_hooks
 from fastconv.nn.conv import Conv2d
 from fastconv.nn.conv_norm_act import _APPLY, FUSABLE_ACTIVATIONS, Adoptable, ConvWeights, FoldedConvBN, \
     can_fold, conv2d_activation, conv_bn_act
@@ -31,6 +31,9 @@ def conv_activation(x: torch.Tensor, conv: nn.Conv2d, activation: Optional[str],
     """activation(conv(x)) in one call: depthwise convolutions of a fastconv.nn.Conv2d through
     fastconv.ops.depthwise_conv2d, every other zero-padded convolution through conv2d_activation; in inference,
     with `weights` (the convolution's cache), through conv2d_act_constant (prepacked on the CPU)."""
+    if has_hooks(conv):
+        out = conv(x)
+        return out if activation is None else APPLY_OUT_OF_PLACE[activation](out)
     if isinstance(conv, Conv2d) and conv.is_depthwise():
         return ops.depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, activation)
     if conv.padding_mode != "zeros":
@@ -99,7 +102,7 @@ class FusedSequential(Adoptable, nn.Sequential):
     Conv-BN folds the BN into the convolution in eval (see FoldedConvBN) and runs BN with its activation
     through fastconv.ops.batch_norm_act in training; BN-activation (pre-activation nets) always runs through
     batch_norm_act. Activations: ReLU, ReLU6, Hardswish, SiLU (exact types). The outputs equal
-    ``nn.Sequential``'s; forward hooks registered on the fused members do not fire (they are not called).
+    ``nn.Sequential``'s. A member with forward hooks (or pre-hooks: pruning) runs as itself, so its hooks fire.
     """
 
     def __init__(self, *args):
@@ -144,6 +147,10 @@ class FusedSequential(Adoptable, nn.Sequential):
 
     def _run(self, x: torch.Tensor, layers: List[nn.Module], steps: List[_Step]) -> torch.Tensor:
         for start, end, kind, activation in steps:
+            # An activation module with hooks runs as itself, after the rest of its step.
+            hooked_activation = activation is not None and has_hooks(layers[end - 1])
+            if hooked_activation:
+                activation = None
             if kind == "conv_bn":
                 x = conv_bn_act(x, layers[start], layers[start + 1], activation, self._folds[start])
             elif kind == "conv":
@@ -152,4 +159,6 @@ class FusedSequential(Adoptable, nn.Sequential):
                 x = batch_norm_module(layers[start], x, activation)
             else:
                 x = layers[start](x)
+            if hooked_activation:
+                x = layers[end - 1](x)
         return x

@@ -166,3 +166,74 @@ def test_conv_constant_prepacks_in_inference_and_keeps_hooks():
     with torch.no_grad():
         conv_constant(x, conv, weights)
     assert seen == [(2, 6, 7, 7)]
+
+
+def _hook_doubling(module):
+    calls = []
+
+    def hook(mod, args, output):
+        calls.append(mod)
+        return output * 2
+
+    module.register_forward_hook(hook)
+    return calls
+
+
+@pytest.mark.parametrize("member", [0, 1, 2])
+def test_hooks_on_members_fire_and_change_the_output(member):
+    """A forward hook on the conv, the BN or the activation fires and its returned value counts, as in
+    torchvision's block: the fused call (which would skip the members' forwards) steps aside."""
+    ours, reference = pair("3x3-s2-relu6")
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        ours(x)  # fold and cache first: the hook must be seen after that
+        calls, _ = _hook_doubling(ours[member]), _hook_doubling(reference[member])
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "prune"])
+def test_parametrized_or_pruned_convolution(kind):
+    """torch.nn.utils.parametrizations (weight computed, not a parameter) and pruning (a pre-hook) used to raise
+    KeyError 'weight' in eval."""
+    from torch.nn.utils import parametrizations, prune
+
+    ours, reference = pair("3x3")
+    for block in (ours, reference):
+        if kind == "weight_norm":
+            parametrizations.weight_norm(block[0])
+        else:
+            prune.l1_unstructured(block[0], "weight", 0.5)
+        block.eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+
+
+def test_replaced_member_is_used():
+    ours, reference = pair("3x3")
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        ours(x)
+        ours[2], reference[2] = nn.GELU(), nn.GELU()
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)
+
+
+def test_writes_through_data_are_seen_after_a_training_call():
+    """In-place writes through .data bump no version counter (old-style training loops). A training-mode call
+    drops the fold, so the next eval call folds the written values; between eval calls, invalidate() does."""
+    ours, reference = pair("3x3")
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        ours.eval()(x)
+        for block in (ours, reference):
+            block.train()(x)
+            block[0].weight.data.mul_(-1.5)
+            block[1].running_var.data.mul_(3)
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=RTOL, atol=ATOL)
+        for block in (ours, reference):
+            block[0].weight.data.add_(0.25)
+        ours._fold.invalidate()
+        torch.testing.assert_close(ours(x), reference(x), rtol=RTOL, atol=ATOL)

@@ -67,6 +67,29 @@ def test_equals_sequential(case, channels_last):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("case", CASES[:4])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_hooks_on_members_fire(case, training):
+    """A forward hook on any member fires and its returned value counts, as in nn.Sequential: a fused step
+    with a hooked member runs that member as itself."""
+    ours, reference = pair(case)
+    rtol, atol = TOLERANCES[torch.float64]
+    x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
+    for index in range(min(3, len(reference))):
+        for model in (ours, reference):
+            model.train(training)
+        with torch.no_grad():
+            ours(x)  # plan and cache before the hook
+        calls = []
+        handles = [model[index].register_forward_hook(lambda m, args, out: calls.append(m) or out * 2)
+                   for model in (ours, reference)]
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), reference(x), rtol=rtol, atol=atol, msg=lambda m: f"member {index}: {m}")
+        assert len(calls) == 2
+        for handle in handles:
+            handle.remove()
+
+
 def test_plan_fuses_the_runs_and_follows_later_changes():
     ours = FusedSequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4),
                            nn.ReLU6(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.SiLU())
