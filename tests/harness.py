@@ -76,6 +76,28 @@ class Sample:
         return tuple(out)
 
 
+def saved_for_backward(fn):
+    """(fn(), the storages autograd saved for the backward while fn ran): every saved tensor passes through
+    saved_tensors_hooks, the C++ autograd's (csrc/autograd.cpp) included."""
+    pointers = []
+
+    def pack(tensor):
+        pointers.append(tensor.data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return out, pointers
+
+
+SAVES_CASES = [  # (weight requires grad, activation, whether the input is saved, whether the output is saved)
+    pytest.param(False, None, False, False, id="input-grad-only"),
+    pytest.param(True, None, True, False, id="weight-grad-needs-the-input"),
+    pytest.param(False, "relu", False, True, id="relu-recomputes-from-the-output"),
+    pytest.param(False, "silu", True, False, id="silu-recomputes-from-the-input"),
+]
+
+
 def _narrower(*dtypes):
     return max(dtypes, key=lambda d: torch.finfo(d).eps)
 

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, OpHarness, Sample, runnable
+from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, SAVES_CASES, OpHarness, Sample, runnable, saved_for_backward
 from fastconv.ops._checks import resolve_depthwise_conv2d_args
-from tolerances import tolerance
+from tolerances import scaled_to_output, tolerance
 
 
 def _activate(x, activation):
@@ -60,13 +60,15 @@ SAMPLES = [
     dw(1, 3, 5, 7, 3, m=3, stride=(1, 2), padding=(2, 0), dilation=(2, 1), activation="relu6", name="mixed"),
     dw(0, 4, 6, 6, 3, padding=1, name="batch0"),
     dw(1, 1, 1, 1, 1, name="1x1x1"),
+    dw(1, 3, 17, 18, 3, stride=4, padding=1, activation="relu", name="stride4"),
+    dw(2, 2, 9, 17, 5, stride=(1, 4), padding=2, name="stride1x4-5x5"),
 ]
 IDS = [s.name for s in SAMPLES]
 BACKENDS = runnable("depthwise_conv2d")
 # The reference backend is the baseline, not code under test: the sample-wide checks run on the kernels.
 CPU_BACKENDS = [p for p in BACKENDS if p.values[0] == "cpu" or (p.values[1] == "cuda" and p.values[0] != "reference")]
 # The Triton interpreter runs each program as Python: a few tiny samples cover its code paths.
-TRITON_SAMPLES = [SAMPLES[i] for i in (1, 5, 8, 11, 13, 14)]
+TRITON_SAMPLES = [SAMPLES[i] for i in (1, 3, 5, 8, 11, 13, 14, 17)]
 TRITON_BACKENDS = [p for p in BACKENDS if p.values[0] == "triton"]
 
 
@@ -385,9 +387,14 @@ def test_compile_backward(backend, device):
         compiled = torch.compile(fastconv.ops.depthwise_conv2d, fullgraph=True)
         out = compiled(*args)
         grads = torch.autograd.grad(out.square().sum(), [args[i] for i in sample.grad])
-    want = reference64(*[a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args])
+    args64 = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    want = reference64(*args64)
+    want_grads = torch.autograd.grad(want.square().sum(), [args64[i] for i in sample.grad])
     assert out.stride() == _output_strides(args[0], out)
-    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    rtol, atol = tolerance(torch.float32)
+    torch.testing.assert_close(out.double(), want, rtol=rtol, atol=atol)
+    for got, expected in zip(grads, want_grads):  # reductions: tests/tolerances.py, scaled_to_output
+        torch.testing.assert_close(*scaled_to_output(got.double(), expected), rtol=rtol, atol=atol)
 
 
 def test_weight_grad_is_deterministic():
@@ -405,15 +412,17 @@ def test_weight_grad_is_deterministic():
     assert torch.equal(grads[0], grads[1])
 
 
-def test_saves_only_what_the_gradients_need():
-    x = torch.randn(1, 4, 6, 6)
-    w = torch.randn(4, 1, 3, 3, requires_grad=True)
-    # Input grad only, no activation: the input is not kept for the backward.
-    xr = x.clone().requires_grad_(True)
-    out = fastconv.ops.depthwise_conv2d(xr, w.detach(), None, 1, 1)
-    saved = [t for t in (out.grad_fn._saved_tensors if hasattr(out.grad_fn, "_saved_tensors") else [])]
-    assert all(t is None or t.shape != xr.shape for t in saved)
-    torch.autograd.grad(out.sum(), xr)  # and the backward still runs
+@pytest.mark.parametrize("weight_grad, activation, input_saved, output_saved", SAVES_CASES)
+def test_saves_only_what_the_gradients_need(weight_grad, activation, input_saved, output_saved):
+    """The forward keeps the input only for grad_weight and hardswish/silu's recomputed pre-activation, and the
+    output only for relu/relu6's derivative (csrc/autograd.cpp)."""
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3).requires_grad_(weight_grad)
+    with fastconv.backend("cpu"):  # the C++ op and its C++ autograd
+        out, saved = saved_for_backward(lambda: fastconv.ops.depthwise_conv2d(x, w, None, 1, 1, activation=activation))
+    assert (x.data_ptr() in saved, out.data_ptr() in saved) == (input_saved, output_saved)
+    assert w.data_ptr() in saved  # grad_input needs the weight
+    torch.autograd.grad(out.sum(), x)  # and the backward still runs
 
 
 @pytest.mark.parametrize("padding, kernel, dilation", [("same", 4, 1), ("same", 3, 2), ("same", (2, 5), (3, 1)),
