@@ -520,3 +520,20 @@ SUBSET_SAMPLES = [SAMPLES[i] for i in (1, 3, 8)]  # relu (saves the output); no 
 @pytest.mark.parametrize("backend, device", CPP_BACKENDS)
 def test_grad_subsets(backend, device, sample):
     harness.check_grad_subsets(sample, backend, device)
+
+
+MIXED_DEVICE_CALLS = [
+    pytest.param(lambda x, device, other: fastconv.ops.depthwise_conv2d(x, torch.randn(4, 1, 3, 3, device=other)), id="weight"),
+    pytest.param(lambda x, device, other: fastconv.ops.depthwise_conv2d(x, torch.randn(4, 1, 3, 3, device=device), torch.randn(4, device=other)), id="bias"),
+]
+
+
+@pytest.mark.parametrize("call", MIXED_DEVICE_CALLS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_mixed_devices_are_rejected(backend, device, call):
+    """A tensor on another device raises a clear error (the op's own check, or the backend switch's when the
+    first tensor is the stray one), never a crash. "meta" stands in for a second device on a CPU-only host."""
+    other = "meta" if device == "cpu" else "cpu"
+    x = torch.randn(2, 4, 5, 5, device=device)
+    with fastconv.backend(backend), pytest.raises(RuntimeError, match="device|meta tensors"):
+        call(x, device, other)
