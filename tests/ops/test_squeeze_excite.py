@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 import torchvision
@@ -181,16 +183,31 @@ def test_module_loads_torchvision_state_dict_and_matches(activation, scale_activ
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(activation=torch.nn.GELU), r"activation must be one of torch.nn.ReLU, torch.nn.SiLU, got .*GELU"),
-        (dict(scale_activation=torch.nn.Tanh), r"scale_activation must be one of torch.nn.Sigmoid, torch.nn.Hardsigmoid"),
-    ],
-)
-def test_module_rejects_unsupported_activations(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        fastconv.nn.SqueezeExcitation(8, 2, **kwargs)
+@pytest.mark.parametrize("kwargs", [dict(activation=torch.nn.GELU), dict(scale_activation=torch.nn.Tanh),
+                                    dict(activation=functools.partial(torch.nn.LeakyReLU, 0.2))],
+                         ids=["gelu", "tanh-gate", "partial-leaky-relu"])
+def test_module_runs_other_activations_as_torchvision(kwargs):
+    """Activations the fused op does not implement are accepted, as torchvision accepts them, and run
+    torchvision's forward (no fused op); a hook on a member likewise."""
+    torch.manual_seed(0)
+    theirs = torchvision.ops.SqueezeExcitation(8, 2, **kwargs)
+    ours = fastconv.nn.SqueezeExcitation(8, 2, **kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 8, 5, 5)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        got = ours(x)
+    assert not any("fastconv::" in event.name for event in profiler.events())
+    torch.testing.assert_close(got, theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_module_hooks_fire():
+    torch.manual_seed(0)
+    theirs, ours = torchvision.ops.SqueezeExcitation(8, 2), fastconv.nn.SqueezeExcitation(8, 2)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 8, 5, 5)
+    for module in (ours, theirs):
+        module.fc1.register_forward_hook(lambda m, args, out: out * 3)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
