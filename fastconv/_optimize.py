@@ -12,6 +12,8 @@ def _swaps():
     import torchvision.models.mobilenetv2 as tv_mobilenetv2
     import torchvision.models.mobilenetv3 as tv_mobilenetv3
     import torchvision.models.resnet as tv_resnet
+    import torchvision.models.segmentation.deeplabv3 as tv_deeplabv3
+    import torchvision.models.segmentation.fcn as tv_fcn
     import torchvision.models.shufflenetv2 as tv_shufflenetv2
     import torchvision.models.vgg as tv_vgg
     import torchvision.ops.misc as tv_misc
@@ -20,7 +22,7 @@ def _swaps():
     from torchvision.models.googlenet import BasicConv2d as TorchvisionGoogLeNetBasicConv2d
 
     from fastconv import nn as fnn
-    from fastconv.models import _blocks, densenet, mobilenetv2, mobilenetv3, resnet, shufflenetv2, vgg
+    from fastconv.models import _blocks, deeplabv3, densenet, mobilenetv2, mobilenetv3, resnet, shufflenetv2, vgg
     from fastconv.models.alexnet import AlexNet
 
     return {
@@ -42,6 +44,15 @@ def _swaps():
         tv_densenet._DenseLayer: densenet._DenseLayer,
         tv_densenet._DenseBlock: densenet._DenseBlock,
         tv_densenet._Transition: densenet._Transition,
+        # Plain conv-BN-ReLU runs (ShuffleNetV2's stem and conv5, ASPP's 1x1 branch and projection): the same
+        # modules, fused in forward; any other nn.Sequential runs its members as before.
+        torch.nn.Sequential: fnn.FusedSequential,
+        # DeepLabV3's head: nn.Sequential subclasses with the same members as the zoo's.
+        tv_deeplabv3.ASPPConv: deeplabv3.ASPPConv,
+        tv_deeplabv3.ASPPPooling: deeplabv3.ASPPPooling,
+        tv_deeplabv3.ASPP: deeplabv3.ASPP,
+        tv_deeplabv3.DeepLabHead: deeplabv3.DeepLabHead,
+        tv_fcn.FCNHead: deeplabv3.FCNHead,
     }
 
 
@@ -86,7 +97,8 @@ def _adopt(module, target):
 
 def optimize(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """Return `model` with torchvision building blocks replaced by fastconv's: same parameters, same
-    state_dict keys, same outputs; in eval, conv-BN pairs run as one convolution with the BN folded.
+    state_dict keys, same outputs; in eval, conv-BN pairs run as one convolution with the BN folded (in the
+    blocks, and in plain ``nn.Sequential`` runs, which become fastconv.nn.FusedSequential).
 
     Works on models users have already built or trained (the parameters are kept, not re-initialised).
     With ``inplace=False`` (default) the model is deep-copied first. Returns the model and, as
