@@ -537,3 +537,17 @@ def test_mixed_devices_are_rejected(backend, device, call):
     x = torch.randn(2, 4, 5, 5, device=device)
     with fastconv.backend(backend), pytest.raises(RuntimeError, match="device|meta tensors"):
         call(x, device, other)
+
+
+@pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
+def test_triton_64bit_indexing_variant(backend, device, monkeypatch):
+    """The kernels' INDEX_64 variant, which tensors past 2^31 elements take (more than this host's memory holds
+    in a test), forced on small samples: forward and backward still equal the float64 reference."""
+    from fastconv.triton_kernels import depthwise_conv2d as kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "_needs_int64", lambda *tensors: calls.append(len(tensors)) or True)
+    for sample in (SAMPLES[1], SAMPLES[8], SAMPLES[16]):  # stride 2 + relu; multiplier 2 + silu; stride 4
+        harness.check_forward(sample, backend, device, torch.float32, "channels_last")
+        harness.check_backward(sample, backend, device, torch.float32, "contiguous")
+    assert len(calls) >= 9  # forward, grad input and grad weight launches each asked for it
