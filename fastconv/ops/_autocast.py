@@ -66,11 +66,14 @@ def _promote(args, device_type):
 RULES = {"lower": _lower, "input": _follow_input, "promote": _promote}
 
 
+# Whether autocast is on for any device (~0.08 us): callers test it before building arguments for `cast`, which
+# costs ~0.5 us a call on small inputs otherwise.
+any_enabled = torch._C._is_any_autocast_enabled
+
+
 def cast(rule, args):
     """`args` (the op's arguments, its main tensor first) cast by the function `rule` (a RULES value) when autocast
-    is enabled for that tensor's device; as they are otherwise (one ~0.1 us check when no autocast is on)."""
-    if rule is None or not torch._C._is_any_autocast_enabled():
-        return args
+    is enabled for that tensor's device; as they are otherwise."""
     device_type = args[0].device.type
     return rule(args, device_type) if torch.is_autocast_enabled(device_type) else args
 

@@ -66,7 +66,7 @@ class OpEntry:
     def run(self, input, *args):
         """Run the implementation `select(input)` picks on (input, *args) (see _call), the arguments cast by the
         op's autocast rule first when autocast is on."""
-        if self.autocast is not None:
+        if self.autocast is not None and _autocast.any_enabled():
             input, *args = _autocast.cast(self.autocast, (input, *args))
         backend = _backend.resolve(self.name, self.backends, input.device.type, input)
         if self._fast_path[backend]:
@@ -74,7 +74,7 @@ class OpEntry:
         return self.implementations[backend](input, *args)  # (one Python frame less: ~0.2 us of a 5 us call)
 
     def run_backend(self, backend: str, *args):
-        if self.autocast is not None:
+        if self.autocast is not None and _autocast.any_enabled():
             args = _autocast.cast(self.autocast, args)
         return _call(self.implementations[backend], self._fast_path[backend], *args)
 

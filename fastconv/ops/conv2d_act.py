@@ -96,8 +96,8 @@ def conv2d_act_resolved(input, weight, bias, stride, padding, dilation, groups, 
     """conv2d_act with its arguments already in the kernels' form (resolve_conv2d_act_args: stride and dilation
     pairs, padding (top, bottom, left, right)). Modules that call it on every forward resolve once (see
     fastconv.nn.conv_norm_act.FoldedConvBN.prepared); every argument is still checked by the kernel."""
-    # Cast here, before the routing below reads the dtypes (fastconv.ops._autocast).
-    input, weight, bias = _autocast.cast(_OP.autocast, (input, weight, bias))
+    if _autocast.any_enabled():  # cast here, before the routing below reads the dtypes (fastconv.ops._autocast)
+        input, weight, bias = _autocast.cast(_OP.autocast, (input, weight, bias))
     backend = _backend.resolve(_OP.name, _OP.backends, input.device.type, input)
     return _run(backend, input, weight, bias, stride, padding, dilation, groups, activation)
 
@@ -200,7 +200,7 @@ def conv2d_act_constant(input, weight, bias, stride, padding, dilation, groups, 
     count and whether oneDNN is enabled, and the arguments are constant: it is decided on the first call of each
     kind, its checks run then, and later calls of that kind go straight to the op (the decision and checks cost
     ~10 us of Python a call, as much as a small convolution; ShuffleNetV2 x0.5 runs 56 of these per image)."""
-    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(input.device.type):
+    if _autocast.any_enabled() and torch.is_autocast_enabled(input.device.type):
         # The prepacked weight and the cached runner are float32; autocast runs the call in its dtype.
         return conv2d_act_resolved(input, weight, bias, stride, padding, dilation, groups, activation)
     key = (input.shape, input.stride(), input.dtype, input.device, activation, _backend.get_backend(),
