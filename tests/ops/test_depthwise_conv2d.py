@@ -498,19 +498,34 @@ def test_backward_op_rejects_bad_grad_output():
     dict(in_channels=4, out_channels=4, kernel_size=4, padding="same", dilation=2, groups=4),
     dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),  # dense: torch's own forward
     dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4, padding_mode="reflect"),
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6, activation="relu6"),
+    dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, activation="hardswish"),  # dense: conv2d_act
 ])
 def test_conv2d_module_is_a_drop_in(kwargs):
+    """fastconv.nn.Conv2d equals nn.Conv2d (then the activation) and routes depthwise configurations to
+    fastconv::depthwise_conv2d, dense ones with an activation to fastconv::conv2d_act, the rest to torch."""
+    kwargs = dict(kwargs)
+    activation = kwargs.pop("activation", None)
     torch_conv = torch.nn.Conv2d(**kwargs)
-    conv = fastconv.nn.Conv2d(**kwargs)
+    conv = fastconv.nn.Conv2d(**kwargs, activation=activation)
     conv.load_state_dict(torch_conv.state_dict(), strict=True)
     assert conv.state_dict().keys() == torch_conv.state_dict().keys()
-    assert conv.is_depthwise() == (kwargs.get("groups", 1) == kwargs["in_channels"]
-                                   and kwargs.get("padding_mode", "zeros") == "zeros")
+    depthwise = kwargs.get("groups", 1) == kwargs["in_channels"] and kwargs.get("padding_mode", "zeros") == "zeros"
+    assert conv.is_depthwise() == depthwise
     x = torch.randn(2, kwargs["in_channels"], 11, 10, requires_grad=True)
-    got, want = conv(x), torch_conv(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.autograd.grad(got.sum(), conv.weight)[0],
-                               torch.autograd.grad(want.sum(), torch_conv.weight)[0], rtol=1e-4, atol=1e-4)
+    with fastconv.backend("cpu"), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = conv(x)
+    ran = {event.name for event in prof.events() if event.name.startswith("fastconv::")}
+    expected_op = ("fastconv::depthwise_conv2d" if depthwise else
+                   "fastconv::conv2d_act" if activation is not None and kwargs.get("padding_mode", "zeros") == "zeros"
+                   else None)
+    assert ran == ({expected_op} if expected_op else set()), ran
+    want = _activate(torch_conv(x), activation)
+    rtol, atol = tolerance(torch.float32)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    got_grad = torch.autograd.grad(got.sum(), conv.weight)[0].double()
+    want_grad = torch.autograd.grad(want.sum(), torch_conv.weight)[0].double()
+    torch.testing.assert_close(*scaled_to_output(got_grad, want_grad), rtol=rtol, atol=atol)
 
 
 SUBSET_SAMPLES = [SAMPLES[i] for i in (1, 3, 8)]  # relu (saves the output); no bias, hardswish; silu, multiplier 2
