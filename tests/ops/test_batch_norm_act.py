@@ -297,9 +297,15 @@ def test_compile_fullgraph(backend, device, layout, training):
 
 
 # --- the module -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_batchnorm2d_module_matches_torch(layout, momentum):
+def test_batchnorm2d_module_matches_torch(layout, momentum, backend, device):
+    with fastconv.backend(backend):
+        _check_batchnorm2d_module(layout, momentum, device)
+
+
+def _check_batchnorm2d_module(layout, momentum, device):
     torch_bn = torch.nn.BatchNorm2d(6, momentum=momentum)
     ours = fastconv.nn.BatchNorm2d(6, momentum=momentum)
     with torch.no_grad():
@@ -308,8 +314,9 @@ def test_batchnorm2d_module_matches_torch(layout, momentum):
     ours.load_state_dict(torch_bn.state_dict(), strict=True)
     assert ours.state_dict().keys() == torch_bn.state_dict().keys()
     assert repr(ours) == repr(torch_bn)
+    torch_bn.to(device), ours.to(device)
     for step in range(3):
-        x = to_layout(torch.randn(4, 6, 5, 5) * (step + 1) + step, layout)
+        x = to_layout(torch.randn(4, 6, 5, 5, device=device) * (step + 1) + step, layout)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = torch_bn(xa), ours(xb)
         torch.testing.assert_close(yb, ya)
@@ -323,7 +330,7 @@ def test_batchnorm2d_module_matches_torch(layout, momentum):
             torch.testing.assert_close(getattr(ours, name), getattr(torch_bn, name))
     torch_bn.eval()
     ours.eval()
-    x = to_layout(torch.randn(2, 6, 5, 5), layout)
+    x = to_layout(torch.randn(2, 6, 5, 5, device=device), layout)
     torch.testing.assert_close(ours(x), torch_bn(x))
 
 

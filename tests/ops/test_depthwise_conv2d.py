@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from harness import CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, SAVES_CASES, OpHarness, Sample, runnable, saved_for_backward
+from harness import (CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, SAVES_CASES, OpHarness, Sample, runnable,
+                     saved_for_backward, to_layout)
 from fastconv.ops._checks import resolve_depthwise_conv2d_args
 from tolerances import scaled_to_output, tolerance
 
@@ -397,19 +398,25 @@ def test_compile_backward(backend, device):
         torch.testing.assert_close(*scaled_to_output(got.double(), expected), rtol=rtol, atol=atol)
 
 
-def test_weight_grad_is_deterministic():
-    x = torch.randn(4, 16, 20, 20, requires_grad=True).contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_weight_grad_is_deterministic(backend, layout):
+    """The weight gradient's reduction has a fixed order: bit-identical across runs and thread counts."""
+    if backend == "triton" and not any(p.values[0] == "triton" for p in BACKENDS):
+        pytest.skip("no Triton backend here")
+    x = to_layout(torch.randn(4, 16, 20, 20), layout).requires_grad_(True)
     w = torch.randn(16, 1, 3, 3, requires_grad=True)
     grads = []
-    for threads in (1, 2):
+    for threads in (1, 2, 2):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            out = fastconv.ops.depthwise_conv2d(x, w, None, 1, 1)
-            grads.append(torch.autograd.grad(out, w, torch.ones_like(out))[0])
+            with fastconv.backend(backend):
+                out = fastconv.ops.depthwise_conv2d(x, w, None, 1, 1)
+                grads.append(torch.autograd.grad(out, w, torch.ones_like(out))[0])
         finally:
             torch.set_num_threads(previous)
-    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
 
 
 @pytest.mark.parametrize("weight_grad, activation, input_saved, output_saved", SAVES_CASES)

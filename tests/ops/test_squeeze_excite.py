@@ -51,6 +51,8 @@ SAMPLES = [
     se_sample((1, 150, 3, 3), 10, "c150-channel-blocks", activation="silu", gate="hardsigmoid"),
     se_sample((1, 6, 37, 41), 3, "large-plane"),
     se_sample((6, 12, 3, 3), 4, "batch6-gemm-gate", activation="silu", gate="hardsigmoid"),  # CPU: ATen GEMMs past batch 4
+    se_sample((1, 3, 112, 112), 2, "112x112"),  # MobileNetV3's first SE plane size (fp16: a 12544-term mean)
+    se_sample((2, 1, 4, 3), 1, "one-channel-squeeze1"),
 ]
 IDS = [s.name for s in SAMPLES]
 BACKENDS = runnable("squeeze_excite")
