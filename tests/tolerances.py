@@ -53,8 +53,8 @@ def scaled_to_output(out, expected):
 
 
 
-# A whole network under torch.autocast (tests/models): every layer rounds its output to float16/bfloat16 and the
-# errors compound through the depth (torchvision's own MobileNetV2 in bfloat16, training mode, 96 px: 0.40 from
+# A whole network under torch.autocast, or converted to float16 (tests/models): every layer rounds its output to
+# float16/bfloat16 and the errors compound through the depth (torchvision's own MobileNetV2 in bfloat16, training mode, 96 px: 0.40 from
 # float64 on a largest logit of 0.64), so no per-element bound applies. fastconv's error from float64 must stay
 # within this multiple of torchvision's under the same autocast (measured: 0.9-1.12x over nine models), plus
 # half a bfloat16 ulp of the largest logit for outputs torchvision happens to hit almost exactly.

@@ -58,7 +58,9 @@ def residual_relu(out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """relu(out + identity), the end of a residual block. On the CPU without autograd (eval, inference) it is
     one pass in place on `out`, which must be a fresh result the block owns: ATen's fused _add_relu_ (the
     form torchvision's `out += identity; relu(out)` takes in two). That kernel has no derivative and no CUDA
-    implementation, so elsewhere it is the two-op form."""
-    if out.device.type != "cpu" or out.requires_grad or identity.requires_grad:
+    implementation, so elsewhere it is the two-op form; nor float16/bfloat16 kernels (an internal assert: a
+    bfloat16 ResNet-50 in inference, or under CPU autocast, crashed there)."""
+    if (out.device.type != "cpu" or out.requires_grad or identity.requires_grad
+            or out.dtype not in (torch.float32, torch.float64) or identity.dtype != out.dtype):
         return torch.relu_(out + identity)
     return torch.ops.aten._add_relu_(out, identity)

@@ -78,8 +78,13 @@ class Adoptable:
 
 
 def _identities(tensors):
-    """Each tensor's storage and version: what a cache of values computed from them is keyed on."""
-    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+    """Each tensor's storage and version: what a cache of values computed from them is keyed on. Inference tensors
+    (a model converted inside torch.inference_mode) have no version counter: their storage alone (they cannot
+    be written in place outside inference mode)."""
+    try:
+        return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+    except RuntimeError:  # "Inference tensors do not track version counter" (checked only then: ~0.1 us a tensor)
+        return tuple(None if t is None else (t.data_ptr(), None if t.is_inference() else t._version) for t in tensors)
 
 
 class FoldedConvBN:

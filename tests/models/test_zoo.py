@@ -177,21 +177,45 @@ def test_autocast_like_reference(name, mode):
     x = torch.randn(2, 3, resolution(name), resolution(name))
     torch.manual_seed(1)  # the same dropout masks in all three
     expected = output_tensors(reference64(x.double()))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    # Eval runs in inference mode, as inference does: the CPU takes its no-autograd paths then.
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode(mode == "eval"):
         torch.manual_seed(1)
         got = output_tensors(ours(x))
         torch.manual_seed(1)
         theirs = output_tensors(reference(x))
-    for g, t, e in zip(got, theirs, expected):
-        assert g.dtype == t.dtype
-        scale = e.abs().max().item()
-        error, reference_error = (g.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
-        assert error <= AUTOCAST_NETWORK_ERROR_RATIO * reference_error + 2**-9 * scale, (
-            f"error from float64 {error:.3g}, torchvision's under autocast {reference_error:.3g}, scale {scale:.3g}")
+    _assert_error_like_reference(got, theirs, expected)
     if mode == "train":
         sum(t.float().square().mean() for t in got).backward()
         grads = [p.grad for p in ours.parameters() if p.requires_grad]
         assert grads and all(g is not None and g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+
+
+def _assert_error_like_reference(got, theirs, expected):
+    """Reduced-precision outputs: torchvision's dtypes, and an error from float64 within tests/tolerances.py's
+    ratio of torchvision's in the same precision."""
+    for g, t, e in zip(got, theirs, expected, strict=True):
+        assert g.dtype == t.dtype
+        scale = e.abs().max().item()
+        error, reference_error = (g.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
+        assert error <= AUTOCAST_NETWORK_ERROR_RATIO * reference_error + 2**-9 * scale, (
+            f"error from float64 {error:.3g}, torchvision's in the same precision {reference_error:.3g}, "
+            f"scale {scale:.3g}")
+
+
+@pytest.mark.parametrize("name", [n for n in LIGHT if n not in RESCALE_CONVS])  # (Inception-v3 overflows float16)
+def test_float16_model_inference_like_reference(name):
+    """The model converted to float16 (.half()), in inference mode: the no-autograd CPU paths in a reduced dtype
+    (ResNet's fused residual add + ReLU had no such kernel and crashed)."""
+    ours, reference = pair(name)
+    randomize_batch_norm(reference)
+    ours.load_state_dict(reference.state_dict())
+    reference64 = copy.deepcopy(reference).double().eval()
+    x = torch.randn(2, 3, resolution(name), resolution(name))
+    with torch.inference_mode():
+        expected = output_tensors(reference64(x.double()))
+        got = output_tensors(ours.half().eval()(x.half()))
+        theirs = output_tensors(reference.half().eval()(x.half()))
+    _assert_error_like_reference(got, theirs, expected)
 
 
 def test_reference_backend_runs_plain_aten():
