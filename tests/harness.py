@@ -90,6 +90,19 @@ def saved_for_backward(fn):
     return out, pointers
 
 
+def check_saves_only_what_the_gradients_need(op, weight_shape, weight_grad, activation, input_saved, output_saved):
+    """op(x, w, None, 1, 1, activation=...) on the cpu backend (its C++ autograd) keeps the input only for
+    grad_weight and hardswish/silu's recomputed pre-activation, and the output only for relu/relu6's derivative;
+    the weight always (grad_input needs it). One case of SAVES_CASES."""
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(weight_shape).requires_grad_(weight_grad)
+    with fastconv.backend("cpu"):
+        out, saved = saved_for_backward(lambda: op(x, w, None, 1, 1, activation=activation))
+    assert (x.data_ptr() in saved, out.data_ptr() in saved) == (input_saved, output_saved)
+    assert w.data_ptr() in saved
+    torch.autograd.grad(out.sum(), x)  # and the backward still runs
+
+
 SAVES_CASES = [  # (weight requires grad, activation, whether the input is saved, whether the output is saved)
     pytest.param(False, None, False, False, id="input-grad-only"),
     pytest.param(True, None, True, False, id="weight-grad-needs-the-input"),

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from harness import (CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, SAVES_CASES, OpHarness, Sample, runnable,
-                     saved_for_backward, to_layout)
+from harness import (CPP_BACKENDS, FLOAT_DTYPES, LAYOUTS, SAVES_CASES, OpHarness, Sample,
+                     check_saves_only_what_the_gradients_need, runnable, to_layout)
 from fastconv.ops._checks import resolve_depthwise_conv2d_args
 from tolerances import scaled_to_output, tolerance
 
@@ -421,15 +421,7 @@ def test_weight_grad_is_deterministic(backend, layout):
 
 @pytest.mark.parametrize("weight_grad, activation, input_saved, output_saved", SAVES_CASES)
 def test_saves_only_what_the_gradients_need(weight_grad, activation, input_saved, output_saved):
-    """The forward keeps the input only for grad_weight and hardswish/silu's recomputed pre-activation, and the
-    output only for relu/relu6's derivative (csrc/autograd.cpp)."""
-    x = torch.randn(1, 4, 6, 6, requires_grad=True)
-    w = torch.randn(4, 1, 3, 3).requires_grad_(weight_grad)
-    with fastconv.backend("cpu"):  # the C++ op and its C++ autograd
-        out, saved = saved_for_backward(lambda: fastconv.ops.depthwise_conv2d(x, w, None, 1, 1, activation=activation))
-    assert (x.data_ptr() in saved, out.data_ptr() in saved) == (input_saved, output_saved)
-    assert w.data_ptr() in saved  # grad_input needs the weight
-    torch.autograd.grad(out.sum(), x)  # and the backward still runs
+    check_saves_only_what_the_gradients_need(fastconv.ops.depthwise_conv2d, (4, 1, 3, 3), weight_grad, activation, input_saved, output_saved)
 
 
 @pytest.mark.parametrize("padding, kernel, dilation", [("same", 4, 1), ("same", 3, 2), ("same", (2, 5), (3, 1)),
@@ -542,34 +534,3 @@ SUBSET_SAMPLES = [SAMPLES[i] for i in (1, 3, 8)]  # relu (saves the output); no 
 @pytest.mark.parametrize("backend, device", CPP_BACKENDS)
 def test_grad_subsets(backend, device, sample):
     harness.check_grad_subsets(sample, backend, device)
-
-
-MIXED_DEVICE_CALLS = [
-    pytest.param(lambda x, device, other: fastconv.ops.depthwise_conv2d(x, torch.randn(4, 1, 3, 3, device=other)), id="weight"),
-    pytest.param(lambda x, device, other: fastconv.ops.depthwise_conv2d(x, torch.randn(4, 1, 3, 3, device=device), torch.randn(4, device=other)), id="bias"),
-]
-
-
-@pytest.mark.parametrize("call", MIXED_DEVICE_CALLS)
-@pytest.mark.parametrize("backend, device", BACKENDS)
-def test_mixed_devices_are_rejected(backend, device, call):
-    """A tensor on another device raises a clear error (the op's own check, or the backend switch's when the
-    first tensor is the stray one), never a crash. "meta" stands in for a second device on a CPU-only host."""
-    other = "meta" if device == "cpu" else "cpu"
-    x = torch.randn(2, 4, 5, 5, device=device)
-    with fastconv.backend(backend), pytest.raises(RuntimeError, match="device|meta tensors"):
-        call(x, device, other)
-
-
-@pytest.mark.parametrize("backend, device", TRITON_BACKENDS)
-def test_triton_64bit_indexing_variant(backend, device, monkeypatch):
-    """The kernels' INDEX_64 variant, which tensors past 2^31 elements take (more than this host's memory holds
-    in a test), forced on small samples: forward and backward still equal the float64 reference."""
-    from fastconv.triton_kernels import depthwise_conv2d as kernels
-
-    calls = []
-    monkeypatch.setattr(kernels, "_needs_int64", lambda *tensors: calls.append(len(tensors)) or True)
-    for sample in (SAMPLES[1], SAMPLES[8], SAMPLES[16]):  # stride 2 + relu; multiplier 2 + silu; stride 4
-        harness.check_forward(sample, backend, device, torch.float32, "channels_last")
-        harness.check_backward(sample, backend, device, torch.float32, "contiguous")
-    assert len(calls) >= 9  # forward, grad input and grad weight launches each asked for it
