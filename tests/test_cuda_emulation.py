@@ -27,8 +27,9 @@ DESELECT = [
     "grad_subsets",
     # The conv2d_act ops' float16/bfloat16 backward calls ATen's convolution_backward, which is cuDNN on a GPU
     # but ATen's CPU kernel in the copy, and that one rounds partial sums to the reduced type (csrc/cpu/
-    # conv2d_act.cpp runs it in float for that reason): a CPU artefact, not the CUDA code's.
-    "(test_backward and conv2d_act and (float16 or bfloat16))",
+    # conv2d_act.cpp runs it in float for that reason): a CPU artefact, not the CUDA code's. The autocast tests
+    # run the same backward in those dtypes (seen: a bias gradient 3.4% off on grouped-hardswish, on some draws).
+    "((test_backward or test_autocast) and conv2d_act and (float16 or bfloat16))",
 ]
 
 

@@ -76,7 +76,7 @@ def test_optimize_timm_legacy_seresnet50():
     reference = timm.create_model("legacy_seresnet50", pretrained=False, num_classes=10)
     randomize_batch_norm(reference)
     optimized = fastconv.optimize(reference)
-    assert optimized.fastconv_swapped == {"SEModule": 16, "SEResNetBottleneck": 16}
+    assert optimized.fastconv_swapped == {"SEModule": 16, "SEResNetBottleneck": 16, "Sequential": 9}
     assert all(isinstance(block.se_module, fastconv.nn.SqueezeExcitation) for block in optimized.layer3)
     assert list(optimized.state_dict()) == list(reference.state_dict())
     x = torch.randn(2, 3, resolution("legacy_seresnet50"), resolution("legacy_seresnet50"), dtype=torch.float64)
