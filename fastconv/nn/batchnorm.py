@@ -1,26 +1,16 @@
+import functools
 from typing import Optional
 
 import torch
-
 import torch.nn.functional as F
 
 from fastconv import ops
 from fastconv.ops._checks import check_activation
 
-# Each fused activation as a function (in place: applied to a fresh result).
-_APPLY = {
-    "relu": lambda x: F.relu(x, inplace=True),
-    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0, inplace=True),
-    "hardswish": lambda x: F.hardswish(x, inplace=True),
-    "silu": lambda x: F.silu(x, inplace=True),
-}
-# The same out of place: for the output of a module with hooks, which a hook may have kept.
-APPLY_OUT_OF_PLACE = {
-    "relu": F.relu,
-    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
-    "hardswish": F.hardswish,
-    "silu": F.silu,
-}
+# Each fused activation as a function, out of place (for the output of a module with hooks, which a hook may
+# have kept) and in place (_APPLY: applied to a fresh result).
+APPLY_OUT_OF_PLACE = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu}
+_APPLY = {name: functools.partial(function, inplace=True) for name, function in APPLY_OUT_OF_PLACE.items()}
 
 
 def has_hooks(module: torch.nn.Module) -> bool:

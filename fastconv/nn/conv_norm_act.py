@@ -93,7 +93,8 @@ class FoldedConvBN:
     Recomputed whenever a parameter or buffer changes (load_state_dict, an optimizer step, ``.to()``:
     anything that bumps a tensor's version, storage, dtype or device), and after any training-mode call.
     In-place writes through ``.data`` bump no version: made between two eval calls, with no training call
-    between, they are not seen (call ``invalidate``, or write without ``.data`` under ``torch.no_grad()``). When gradients flow to the
+    between, they are not seen (call ``invalidate``, or write without ``.data`` under ``torch.no_grad()``).
+    When gradients flow to the
     parameters, or under torch.compile, it folds afresh (differentiable, traceable) instead. Not a Module,
     so holding one adds nothing to a state_dict. In inference it also holds oneDNN's reordered copy of the
     folded weight (``packed``; see fastconv.ops.conv2d_act.PackedWeight), dropped with the fold.

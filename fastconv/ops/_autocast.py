@@ -14,7 +14,7 @@ what the ATen composition each op replaces does under autocast:
   instead; fastconv's kernels accumulate in float32 at either precision, so it keeps the fast dtype).
 - ``input`` (squeeze_excite): the fc weights and biases in the input's dtype. Eager SE pools the input in its
   dtype, runs the two 1x1 convolutions in the autocast dtype and scales the input by the gate, so its result
-  has the input's dtype; so has the fused op's, with the gate computed in float32 inside the kernel.
+  has the input's dtype; so has the fused op's (its kernels accumulate the pooled sums in float32).
 - ``promote`` (shuffle_cat): both halves in the wider dtype, as ``torch.cat`` under autocast.
 
 The same rules also run in Python, before a call leaves fastconv's op table (``OpEntry.run`` and friends, and
@@ -30,7 +30,6 @@ import torch
 
 _LIBRARY = torch.library.Library("fastconv", "IMPL")
 _DEVICE_TYPES = ("cpu", "cuda")
-_REDUCED = (torch.float16, torch.bfloat16)
 
 
 def _castable(value, device_type):
